@@ -1,0 +1,34 @@
+# The README's two commands: `make reproduce` (main job, embedded synthetic data) and `make test`.
+# Both create the local virtual environment .venv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PRESET ?= synthetic
+# torch is pinned to the release this project is tested with; on CPU-only machines any torch>=2.2 works
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup reproduce test lint bench clean-runs
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+reproduce: setup
+	$(PY) -m camseg_utils.pipeline --preset $(PRESET)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check camseg_utils tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/bench_load_lgg.py
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,329 @@
+"""Training, prediction, evaluation and checkpoints for the tumour / no-tumour classifiers.
+
+Our design decisions (not the paper's): from scratch by default; the whole split lives
+on the device as uint8 and is augmented there in batches (flips, small rotations,
+shifts and scalings, per-channel intensity jitter), so the data path never waits on a
+loader; class imbalance is handled by class-weighted cross-entropy; AdamW with a
+one-cycle schedule; the epoch with the best validation ROC AUC is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import Dataset, DataError, manifest_hash
+from .io import atomic_path
+from .models import build_model, get_spec
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the architecture, image size or split asked for."""
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "small_cnn"
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    pretrained: bool | str = False
+    augment: bool = True
+    amp: bool = True  # bf16 autocast, on CUDA only
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda'")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but no CUDA GPU is available here; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+# ------------------------------------------------------------------ tensors
+
+
+def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 N x H x W x 3 -> uint8 N x 3 x H x W on ``device`` (kept uint8 to save memory)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, on the 0..1 scale."""
+    x = images.reshape(-1, 3).astype(np.float64) / 255
+    return x.mean(0).tolist(), (x.std(0) + 1e-6).tolist()
+
+
+class Normalise(nn.Module):
+    """uint8 or 0..1 float N x 3 x H x W -> standardised float, with the training set's statistics."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float() / 255
+        return (x - self.mean) / self.std
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random flips, rotations (+-10 deg), shifts (+-6 %), scalings (0.9-1.1), intensity jitter.
+
+    ``x`` is float 0..1, N x 3 x H x W, on any device; randomness comes from ``gen`` (on the CPU).
+    """
+    n = x.shape[0]
+    r = torch.rand(n, 8, generator=gen).to(x.device)
+    flip = torch.where(r[:, 0] < 0.5, -1.0, 1.0)
+    ang = (r[:, 1] - 0.5) * 2 * math.radians(10)
+    scale = 0.9 + 0.2 * r[:, 2]
+    tx, ty = (r[:, 3] - 0.5) * 0.12, (r[:, 4] - 0.5) * 0.12
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    gain = 1 + (torch.rand(n, 3, 1, 1, generator=gen).to(x.device) - 0.5) * 0.2
+    return (x * gain + (r[:, 5].view(n, 1, 1, 1) - 0.5) * 0.1 * (x > 0)).clamp(0, 1)
+
+
+# ------------------------------------------------------------------ training
+
+
+def _labels(ds: Dataset) -> np.ndarray:
+    return ds.manifest["tumour"].to_numpy().astype(np.int64)
+
+
+def check_classes(ds: Dataset, split: str) -> None:
+    y = _labels(ds)
+    if y.sum() == 0 or y.sum() == len(y):
+        missing = "tumour" if y.sum() == 0 else "tumour-free"
+        raise DataError(f"the {split} split ({len(y)} slices) has no {missing} slice; a classifier cannot be trained")
+
+
+def train_classifier(
+    train: Dataset,
+    val: Dataset,
+    config: TrainConfig,
+    out_dir: str | Path,
+    split_hash: str | None = None,
+    progress: bool = True,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Train one classifier; write ``best.pt`` (model selection on val AUC) and ``last.pt`` (resumable).
+
+    Returns the best checkpoint's record (without weights). A ``last.pt`` from an
+    interrupted run with the same configuration and split is resumed from its epoch.
+    """
+    from tqdm.auto import tqdm
+
+    check_classes(train, "train")
+    check_classes(val, "val")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    split_hash = split_hash or manifest_hash(pd.concat([train.manifest, val.manifest]))
+    mean, std = channel_stats(train.images)
+    norm = Normalise(mean, std).to(device)
+    model = build_model(config.arch, config.pretrained).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    x_train, y_train = to_tensor(train.images, device), torch.from_numpy(_labels(train)).to(device)
+    x_val, y_val = to_tensor(val.images, device), _labels(val)
+    counts = np.bincount(_labels(train), minlength=2)
+    class_weight = torch.tensor(len(y_train) / (2 * counts), dtype=torch.float32, device=device)
+    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.2
+    )
+    gen = torch.Generator().manual_seed(config.seed)
+    use_amp = config.amp and device.type == "cuda"
+    record = {
+        "arch": config.arch, "image_size": int(train.images.shape[1]), "norm_mean": mean, "norm_std": std,
+        "split_hash": split_hash, "seed": config.seed, "config": asdict(config), "versions": versions(),
+        "layers": get_spec(config.arch).layers,
+    }
+    history: list[dict] = []
+    best: dict | None = None
+    start_epoch = 0
+    last_path = out_dir / "last.pt"
+    if resume and last_path.exists():
+        state = torch.load(last_path, map_location=device, weights_only=False)
+        if state["record"]["config"] == record["config"] and state["record"]["split_hash"] == split_hash:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            gen.set_state(state["generator"])
+            history, best, start_epoch = state["history"], state["best"], state["epoch"]
+            torch.set_rng_state(state["torch_rng"])
+    t0 = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        perm = torch.randperm(len(x_train), generator=gen).to(device)
+        bar = tqdm(range(steps_per_epoch), desc=f"{config.arch} epoch {epoch + 1}/{config.epochs}",
+                   disable=not progress, leave=False)
+        tot_loss = tot_correct = seen = 0
+        for step in bar:
+            idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
+            xb = x_train[idx].float() / 255
+            if config.augment:
+                xb = augment_batch(xb, gen)
+            xb, yb = norm(xb), y_train[idx]
+            if device.type == "cuda":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb, weight=class_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot_loss += loss.item() * len(idx)
+            tot_correct += (logits.argmax(1) == yb).sum().item()
+            seen += len(idx)
+            bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{tot_correct / seen:.3f}")
+        p_val = predict(model, norm, x_val, config.batch_size * 2, use_amp)
+        vm = classification_metrics(y_val, p_val)
+        val_loss = float(F.binary_cross_entropy(torch.tensor(p_val).clamp(1e-6, 1 - 1e-6), torch.tensor(y_val).float()))
+        history.append({"epoch": epoch + 1, "train_loss": tot_loss / seen, "train_acc": tot_correct / seen,
+                        "val_loss": val_loss, "val_acc": vm["accuracy"], "val_auc": vm["auc"],
+                        "seconds": time.perf_counter() - t0})
+        if progress:
+            print(f"{config.arch} epoch {epoch + 1}/{config.epochs}: train loss {tot_loss / seen:.3f} "
+                  f"acc {tot_correct / seen:.3f} | val loss {val_loss:.3f} acc {vm['accuracy']:.3f} auc {vm['auc']:.3f}")
+        if best is None or (vm["auc"], -val_loss) > (best["val_auc"], -best["val_loss"]):
+            best = {"epoch": epoch + 1, "val_auc": vm["auc"], "val_loss": val_loss, "val_acc": vm["accuracy"]}
+            _save(out_dir / "best.pt", {**record, "model": model.state_dict(), "best": best})
+        _save(last_path, {"record": record, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict(), "generator": gen.get_state(), "history": history,
+                          "best": best, "epoch": epoch + 1, "torch_rng": torch.get_rng_state()})
+    ckpt = torch.load(out_dir / "best.pt", map_location="cpu", weights_only=False)
+    ckpt["history"] = history
+    ckpt["train_seconds"] = history[-1]["seconds"] if history else 0.0
+    _save(out_dir / "best.pt", ckpt)
+    return {k: v for k, v in ckpt.items() if k != "model"}
+
+
+def _save(path: Path, obj: dict) -> None:
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(obj, tmp)
+
+
+# ----------------------------------------------------------- checkpoints
+
+
+def load_classifier(
+    path: str | Path,
+    arch: str | None = None,
+    image_size: int | None = None,
+    split_hash: str | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, Normalise, dict]:
+    """Load ``best.pt``; refuse one made for another architecture, image size or split."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: train the classifier first (notebook 02)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    for key, want in (("arch", arch), ("image_size", image_size), ("split_hash", split_hash)):
+        if want is not None and ckpt.get(key) != want:
+            raise CheckpointError(
+                f"checkpoint {path} was made for {key}={ckpt.get(key)!r}, but {want!r} was asked for; "
+                f"retrain (notebook 02) or point to the matching checkpoint"
+            )
+    device = torch.device(device)
+    model = build_model(ckpt["arch"]).to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    norm = Normalise(ckpt["norm_mean"], ckpt["norm_std"]).to(device)
+    return model, norm, {k: v for k, v in ckpt.items() if k != "model"}
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, norm: Normalise, images: torch.Tensor | np.ndarray, batch_size: int = 64, amp: bool = False
+) -> np.ndarray:
+    """Tumour probability per image; ``images`` uint8 N x 3 x H x W tensor or N x H x W x 3 array."""
+    device = next(model.parameters()).device
+    if isinstance(images, np.ndarray):
+        images = to_tensor(images, "cpu")
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        xb = norm(images[i:i + batch_size].to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            out.append(torch.softmax(model(xb).float(), 1)[:, 1].cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+# ------------------------------------------------------------ evaluation
+
+
+def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC (Mann-Whitney, ties counted half); NaN when only one class is present."""
+    y = np.asarray(y).astype(bool)
+    if y.all() or not y.any():
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(p)
+    n_pos, n_neg = y.sum(), (~y).sum()
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+    y = np.asarray(y).astype(bool)
+    pred = np.asarray(p) >= threshold
+    tp, tn = int((pred & y).sum()), int((~pred & ~y).sum())
+    fp, fn = int((pred & ~y).sum()), int((~pred & y).sum())
+    nan = float("nan")
+    return {
+        "n": int(len(y)), "accuracy": (tp + tn) / max(1, len(y)),
+        "sensitivity": tp / (tp + fn) if tp + fn else nan, "specificity": tn / (tn + fp) if tn + fp else nan,
+        "auc": roc_auc(y, p), "confusion": [[tn, fp], [fn, tp]],
+    }
+
+
+def per_patient_metrics(manifest: pd.DataFrame, p: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:
+    """Slice-level accuracy, sensitivity and specificity within each patient."""
+    df = manifest[["patient", "tumour"]].copy()
+    df["prob"] = p
+    rows = []
+    for patient, g in df.groupby("patient", sort=True):
+        m = classification_metrics(g["tumour"].to_numpy(), g["prob"].to_numpy(), threshold)
+        rows.append({"patient": patient, "slices": m["n"], "tumour_slices": int(g["tumour"].sum()),
+                     "accuracy": m["accuracy"], "sensitivity": m["sensitivity"], "specificity": m["specificity"]})
+    return pd.DataFrame(rows)

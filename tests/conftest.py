@@ -1,0 +1,39 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+LGG_ROOT = REPO.parent / "shared" / "data" / "lgg" / "kaggle_3m"
+
+
+def write_case(root: Path, case: str, n_slices: int, ext: str, size: int = 32, seed: int = 0,
+               tumour_slices=(2, 3)) -> Path:
+    """A tiny kaggle_3m patient folder: RGB images with a bright square where the mask is."""
+    rng = np.random.default_rng(seed)
+    d = root / case
+    d.mkdir(parents=True, exist_ok=True)
+    for s in range(1, n_slices + 1):
+        img = rng.integers(0, 120, (size, size, 3), dtype=np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        if s in tumour_slices:
+            mask[8:14, 10:18] = 255
+            img[8:14, 10:18] = 250
+        Image.fromarray(img).save(d / f"{case}_{s}.{ext}")
+        Image.fromarray(mask).save(d / f"{case}_{s}_mask.{ext}")
+    return d
+
+
+@pytest.fixture
+def lgg_tree(tmp_path):
+    """Six patients from three institutions, two as .tif (as from Kaggle) and four as .png."""
+    root = tmp_path / "kaggle_3m"
+    cases = ["TCGA_CS_0001_19990101", "TCGA_CS_0002_19990101", "TCGA_DU_0003_20000101",
+             "TCGA_DU_0004_20000101", "TCGA_HT_0005_20010101", "TCGA_HT_0006_20010101"]
+    for i, case in enumerate(cases):
+        write_case(root, case, 12, "tif" if i < 2 else "png", seed=i)
+    return root
