@@ -341,8 +341,8 @@ def _synthetic_patient(
         post_gain = rng.uniform(0.0, 0.3) if rng.random() < 0.5 else 0.0
     noise = _SITE_NOISE[site]
     chans = []
-    for k, (brain_v, vent_v, skull_v, gain) in enumerate(
-        [(0.45, 0.22, 0.75, pre_gain), (0.5, 0.12, 0.35, flair_gain), (0.47, 0.22, 0.7, post_gain)]
+    for brain_v, vent_v, skull_v, gain in (
+        (0.45, 0.22, 0.75, pre_gain), (0.5, 0.12, 0.35, flair_gain), (0.47, 0.22, 0.7, post_gain)
     ):
         c = np.where(brain, gm * (brain_v / 0.5), 0.0)
         c = np.where(vent, vent_v, c)

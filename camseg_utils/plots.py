@@ -72,3 +72,42 @@ def tumour_sizes(manifest: pd.DataFrame, path: str | Path | None = None) -> plt.
     ax.set_ylabel("tumour slices")
     fig.tight_layout()
     return save(fig, path)
+
+
+def training_curves(histories: dict[str, list[dict]], path: str | Path | None = None) -> plt.Figure:
+    """Loss (train and validation) and validation ROC AUC per epoch, one line per architecture."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for arch, hist in histories.items():
+        h = pd.DataFrame(hist)
+        line = axes[0].plot(h.epoch, h.train_loss, label=f"{arch} train")[0]
+        axes[0].plot(h.epoch, h.val_loss, "--", color=line.get_color(), label=f"{arch} val")
+        axes[1].plot(h.epoch, h.val_auc, color=line.get_color(), label=arch)
+    axes[0].set(xlabel="epoch", ylabel="loss")
+    axes[1].set(xlabel="epoch", ylabel="validation ROC AUC")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path | None = None) -> plt.Figure:
+    """ROC curves on the test split: ``curves`` maps a label to (labels, tumour probabilities)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    for name, (y, p) in curves.items():
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="test split")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def confusion(cm: list[list[int]], title: str, ax: plt.Axes) -> None:
+    import seaborn as sns
+
+    sns.heatmap(np.asarray(cm), annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax,
+                xticklabels=["no tumour", "tumour"], yticklabels=["no tumour", "tumour"])
+    ax.set(xlabel="predicted", ylabel="true", title=title)

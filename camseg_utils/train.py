@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import Dataset, DataError, manifest_hash
+from .data import DataError, Dataset, manifest_hash
 from .io import atomic_path
 from .models import build_model, get_spec
 

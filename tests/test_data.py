@@ -7,7 +7,7 @@ from PIL import Image
 from camseg_utils import data
 from camseg_utils.data import DataError
 
-from .conftest import LGG_ROOT, write_case
+from .conftest import LGG_ROOT
 
 
 def snapshot(root):

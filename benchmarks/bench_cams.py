@@ -1,0 +1,62 @@
+"""Heatmap throughput: pytorch-grad-cam vs camseg's fast path vs the floor, per architecture.
+
+The floor is one forward pass plus a backward pass to the target layer, nothing else: no
+heatmap can be computed faster with these methods. Target: fast path >= 0.8x floor.
+
+    python benchmarks/bench_cams.py [--archs small_cnn resnet18 ...] [--size 256] [--batch 16] [--device auto]
+"""
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from camseg_utils import cams, models, train
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--archs", nargs="+", default=["small_cnn", "resnet18"])
+ap.add_argument("--methods", nargs="+", default=["gradcam"])
+ap.add_argument("--layer", default="last")
+ap.add_argument("--size", type=int, default=128)
+ap.add_argument("--batch", type=int, default=16)
+ap.add_argument("--batches", type=int, default=3, help="timed batches per measurement")
+ap.add_argument("--device", default="auto")
+args = ap.parse_args()
+device = train.resolve_device(args.device)
+name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+print(f"device: {name}; size {args.size}, batch {args.batch}, layer {args.layer}")
+
+
+def sync():
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rate(fn, x):
+    fn(x)  # warm-up
+    sync()
+    t = time.perf_counter()
+    for _ in range(args.batches):
+        fn(x)
+    sync()
+    return args.batches * len(x) / (time.perf_counter() - t)
+
+
+rows = []
+for arch in args.archs:
+    torch.manual_seed(0)
+    model = models.build_model(arch).to(device).eval()
+    norm = train.Normalise([0.5] * 3, [0.25] * 3).to(device)
+    net = cams._Classifier(model, norm).eval()
+    layers = [models.get_layer(model, arch, args.layer)]
+    x = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    floor = rate(lambda v: cams.activations_and_gradients(net, layers, v), x)
+    for method in args.methods:
+        fast = rate(lambda v: cams.fast_cams(net, layers, v, method), x)
+        lib = rate(lambda v: cams.library_cams(net, layers, v, method), x)
+        h1 = cams.fast_cams(net, layers, x, method)[0].cpu().numpy()
+        h2 = cams.library_cams(net, layers, x, method)[0]
+        rows.append((arch, method, lib, fast, floor, fast / floor, float(np.abs(h1 - h2).max())))
+        print(f"{arch:12s} {method:9s} library {lib:8.1f} img/s | fast {fast:8.1f} img/s | floor {floor:8.1f} img/s"
+              f" | fast/floor {fast / floor:.2f} | max |fast-library| {rows[-1][-1]:.1e}", flush=True)

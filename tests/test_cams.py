@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+import torch
+
+from camseg_utils import cams, data, models, train
+from camseg_utils.cams import CamError
+
+
+def _net(arch, seed=0):
+    torch.manual_seed(seed)
+    m = models.build_model(arch).eval()
+    # random BN statistics, so the maps are not trivially flat
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 1.5)
+    return m, cams._Classifier(m, train.Normalise([0.5] * 3, [0.25] * 3)).eval()
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet18", "vgg11_bn", "densenet121"])
+@pytest.mark.parametrize("layers,fuse", [(["middle"], "mean"), (["middle", "last"], "mean"), (["middle", "last"], "max")])
+def test_fast_path_reproduces_the_library(arch, layers, fuse):
+    m, net = _net(arch, seed=len(layers))
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    targets = [models.get_layer(m, arch, name) for name in layers]
+    for method in cams.FAST_METHODS:
+        h_fast, r_fast, _ = cams.fast_cams(net, targets, x, method, fuse)
+        h_lib, r_lib = cams.library_cams(net, targets, x, method, fuse)
+        assert h_fast.shape == (3, 64, 64)
+        assert np.abs(h_fast.numpy() - h_lib).max() <= 1e-4, method
+        # raw maps sum many channels in another order: float32 rounding relative to the peak
+        assert np.abs(r_fast.numpy() - r_lib).max() <= 1e-3 * max(1e-12, np.abs(r_lib).max()), method
+        assert h_fast.min() >= 0 and h_fast.max() <= 1 + 1e-6
+
+
+def test_fast_path_does_not_touch_weight_gradients():
+    m, net = _net("small_cnn")
+    cams.fast_cams(net, [models.get_layer(m, "small_cnn", "last")], torch.rand(2, 3, 32, 32), "gradcam")
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_all_zero_map_gives_zeros_not_nan():
+    z = cams.minmax(torch.zeros(2, 8, 8))
+    assert torch.equal(z, torch.zeros(2, 8, 8))
+    m, net = _net("small_cnn")
+    with torch.no_grad():
+        for p in m.head.fc.parameters():
+            p.zero_()  # no gradient reaches any layer: every gradient map is zero
+    h, r, _ = cams.fast_cams(net, [models.get_layer(m, "small_cnn", "last")], torch.rand(2, 3, 32, 32), "gradcam")
+    assert not torch.isnan(h).any() and torch.equal(h, torch.zeros_like(h))
+
+
+def test_unknown_method_layer_fusion_list_the_options():
+    with pytest.raises(CamError, match="known: gradcam, gradcam\\+\\+"):
+        cams.check_method("smoothgrad")
+    with pytest.raises(ValueError, match="known: last, middle"):
+        cams.parse_layers("resnet18", "layer7")
+    assert cams.parse_layers("resnet18", "middle+last") == ["layer3", "layer4"]
+    m, net = _net("small_cnn")
+    with pytest.raises(CamError, match="fusion"):
+        cams.fast_cams(net, [m.block4], torch.rand(1, 3, 32, 32), "gradcam", fuse="median")
+    with pytest.raises(CamError, match="no fast path"):
+        cams.compute_heatmaps(m, net.norm, "small_cnn", np.zeros((1, 32, 32, 3), np.uint8), "scorecam", engine="fast")
+
+
+def test_baselines_are_deterministic_and_in_range():
+    a = cams.random_heatmaps(3, (32, 32), seed=0)
+    b = cams.random_heatmaps(2, (32, 32), seed=0, offset=1)
+    assert np.allclose(a[1:], b) and a.min() >= 0 and a.max() <= 1
+    img = np.zeros((1, 32, 32, 3), np.uint8)
+    img[0, 8:24, 8:24] = 200
+    s = cams.sobel_heatmaps(img)[0]
+    assert s[16, 8] > 0.5 and s[16, 16] == 0  # edges hot, flat areas cold
+
+
+def test_cache_computes_once_and_recomputes_for_a_new_checkpoint(tmp_path):
+    ds = data.build_dataset("synthetic", image_size=32, n_patients=6, progress=False)
+    tr, va = ds.split("train"), ds.split("val")
+    cfg = train.TrainConfig(epochs=1, batch_size=16, device="cpu")
+    train.train_classifier(tr, va, cfg, tmp_path / "m", progress=False)
+    ckpt = tmp_path / "m" / "best.pt"
+    h1 = cams.cached_heatmaps(tmp_path, ckpt, va.images, "val", "gradcam", "middle", progress=False)
+    assert h1.heatmap.dtype == np.float16 and h1.heatmap.shape == va.images.shape[:3]
+    entry = next((tmp_path / "heatmaps").glob("small_cnn-*/gradcam__block3__mean__val"))
+    mtime = (entry / "meta.json").stat().st_mtime_ns
+    h2 = cams.cached_heatmaps(tmp_path, ckpt, va.images, "val", "gradcam", "middle", progress=False)
+    assert (entry / "meta.json").stat().st_mtime_ns == mtime  # served from the cache
+    assert np.array_equal(h1.heatmap, h2.heatmap)
+    # the cache agrees with a direct computation (float16 rounding)
+    model, norm, _ = train.load_classifier(ckpt)
+    direct, raw = cams.compute_heatmaps(model, norm, "small_cnn", va.images, "gradcam", "middle", progress=False)
+    assert np.abs(direct - h1.heatmap.astype(np.float32)).max() < 2e-3
+    assert np.allclose(h1.raw_maps(), raw, atol=2e-3 * raw.max())
+    # a new checkpoint (one more epoch) gets a new entry
+    train.train_classifier(tr, va, train.TrainConfig(epochs=2, batch_size=16, device="cpu"), tmp_path / "m",
+                           resume=False, progress=False)
+    cams.cached_heatmaps(tmp_path, ckpt, va.images, "val", "gradcam", "middle", progress=False)
+    assert len(list((tmp_path / "heatmaps").glob("small_cnn-*"))) == 2
+    assert not list((tmp_path / "heatmaps").rglob(".gradcam*"))  # no temporary folders left
+
+
+def test_check_pair_names_both_shapes():
+    with pytest.raises(CamError, match=r"images \(2, 8, 8, 3\) and heatmaps \(3, 8, 8\)"):
+        cams.check_pair(np.zeros((2, 8, 8, 3)), np.zeros((3, 8, 8)))
