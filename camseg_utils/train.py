@@ -98,10 +98,11 @@ class Normalise(nn.Module):
         return (x - self.mean) / self.std
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, gen: torch.Generator, masks: torch.Tensor | None = None):
     """Random flips, rotations (+-10 deg), shifts (+-6 %), scalings (0.9-1.1), intensity jitter.
 
     ``x`` is float 0..1, N x 3 x H x W, on any device; randomness comes from ``gen`` (on the CPU).
+    With ``masks`` (float N x 1 x H x W) the same geometry moves them too: returns (x, masks).
     """
     n = x.shape[0]
     r = torch.rand(n, 8, generator=gen).to(x.device)
@@ -114,7 +115,10 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     gain = 1 + (torch.rand(n, 3, 1, 1, generator=gen).to(x.device) - 0.5) * 0.2
-    return (x * gain + (r[:, 5].view(n, 1, 1, 1) - 0.5) * 0.1 * (x > 0)).clamp(0, 1)
+    x = (x * gain + (r[:, 5].view(n, 1, 1, 1) - 0.5) * 0.1 * (x > 0)).clamp(0, 1)
+    if masks is None:
+        return x
+    return x, F.grid_sample(masks, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
 # ------------------------------------------------------------------ training

@@ -1,0 +1,142 @@
+"""Heatmap -> mask. Rules: a fixed threshold, Otsu, or the top k % of the head's pixels; optional
+gating to the head and by the classifier's tumour probability; optional clean-up.
+
+Our design decisions (not the paper's): thresholds act on heatmaps in [0, 1], either per-slice
+normalised (pytorch-grad-cam's convention) or on a global scale (the raw map divided by a
+reference chosen on validation, so cool tumour-free slices stay cool); the head is every pixel
+brighter than ``HEAD_LEVEL`` in any channel, holes filled; clean-up is an opening with a
+3 x 3 cross followed by keeping the largest connected component.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+RULES = ("threshold", "otsu", "top_k")
+HEAD_LEVEL = 10
+
+
+class SegmentError(ValueError):
+    pass
+
+
+def check_threshold(threshold: float) -> float:
+    if not 0 <= float(threshold) <= 1:
+        raise SegmentError(f"threshold={threshold}: expected a value in [0, 1] (heatmaps are in [0, 1])")
+    return float(threshold)
+
+
+def head_masks(images: np.ndarray) -> np.ndarray:
+    """Bool N x H x W: inside the head (any channel above HEAD_LEVEL, holes filled)."""
+    fg = np.asarray(images).max(-1) > HEAD_LEVEL
+    return np.stack([ndimage.binary_fill_holes(f) for f in fg]) if fg.ndim == 3 else ndimage.binary_fill_holes(fg)
+
+
+def global_scale(raw_peaks: np.ndarray, percentile: float = 99.0) -> float:
+    """The reference for global normalisation: a high percentile of per-slice raw peaks (validation)."""
+    return float(max(np.percentile(raw_peaks, percentile), 1e-12)) if len(raw_peaks) else 1.0
+
+
+def clean(mask: np.ndarray) -> np.ndarray:
+    """Opening (3 x 3 cross), then the largest connected component."""
+    m = ndimage.binary_opening(mask)
+    lab, n = ndimage.label(m)
+    if n <= 1:
+        return m
+    sizes = np.bincount(lab.ravel())[1:]
+    return lab == (1 + int(np.argmax(sizes)))
+
+
+def to_masks(
+    heatmaps: np.ndarray, rule: str = "threshold", value: float = 0.5, heads: np.ndarray | None = None,
+    probs: np.ndarray | None = None, prob_gate: float = 0.0, cleanup: bool = False,
+) -> np.ndarray:
+    """Masks (bool N x H x W) from heatmaps (N x H x W in [0, 1]).
+
+    ``rule``: 'threshold' (heatmap >= value), 'otsu' (value ignored) or 'top_k' (the value % of
+    the head's pixels, or of the slice's without ``heads``, with the highest heatmap).
+    ``heads``: restrict masks to the head. ``probs`` with ``prob_gate`` > 0: an empty mask on
+    slices the classifier calls tumour-free (probability below the gate).
+    """
+    h = np.asarray(heatmaps, np.float32)
+    if h.ndim != 3:
+        raise SegmentError(f"heatmaps must be N x H x W, got shape {h.shape}")
+    if heads is not None and heads.shape != h.shape:
+        raise SegmentError(f"heatmaps {h.shape} and head masks {heads.shape} differ in shape")
+    if rule == "threshold":
+        out = h >= check_threshold(value)
+    elif rule == "otsu":
+        from skimage.filters import threshold_otsu
+
+        out = np.zeros(h.shape, bool)
+        for i, hm in enumerate(h):
+            vals = hm[heads[i]] if heads is not None else hm.ravel()
+            if vals.size and vals.max() > vals.min():
+                out[i] = hm > threshold_otsu(vals)
+    elif rule == "top_k":
+        if not 0 < value <= 100:
+            raise SegmentError(f"top_k value={value}: expected a percentage in (0, 100]")
+        out = np.zeros(h.shape, bool)
+        for i, hm in enumerate(h):
+            vals = hm[heads[i]] if heads is not None else hm.ravel()
+            if vals.size:
+                k = max(1, int(round(vals.size * value / 100)))
+                cut = np.partition(vals, vals.size - k)[vals.size - k]
+                out[i] = (hm >= cut) & (hm > 0)
+    else:
+        raise SegmentError(f"unknown rule {rule!r}; expected one of {RULES}")
+    if heads is not None:
+        out &= heads
+    if probs is not None and prob_gate > 0:
+        if len(probs) != len(out):
+            raise SegmentError(f"{len(probs)} probabilities for {len(out)} heatmaps")
+        out[np.asarray(probs) < prob_gate] = False
+    if cleanup:
+        out = np.stack([clean(m) for m in out]) if len(out) else out
+    return out
+
+
+NORMALISATIONS = ("per_image", "global")
+
+
+def scaled_heatmaps(heatmaps, normalisation: str = "per_image", reference: float | None = None) -> np.ndarray:
+    """A :class:`camseg_utils.cams.Heatmaps` as float32 maps in [0, 1].
+
+    'per_image': pytorch-grad-cam's per-slice min-max. 'global': the raw map over ``reference``
+    (from :func:`global_scale` on validation), clipped to [0, 1].
+    """
+    if normalisation == "per_image":
+        return np.asarray(heatmaps.heatmap, np.float32)
+    if normalisation == "global":
+        if not reference:
+            raise SegmentError("normalisation='global' needs a reference scale (global_scale on validation)")
+        return np.clip(heatmaps.raw_maps() / reference, 0, 1)
+    raise SegmentError(f"unknown normalisation {normalisation!r}; expected one of {NORMALISATIONS}")
+
+
+def raw_peaks(heatmaps) -> np.ndarray:
+    r = np.asarray(heatmaps.raw, np.float32)
+    return r.reshape(len(r), -1).max(1) * heatmaps.raw_scale if len(r) else np.zeros(0)
+
+
+def sweep(
+    heatmaps: np.ndarray, gt: np.ndarray, heads: np.ndarray, probs: np.ndarray, thresholds, top_ks,
+    head_gates=(False, True), prob_gates=(0.0, 0.5), cleanups=(False,),
+) -> list[dict]:
+    """Mean-Dice of every (rule, value, head gate, probability gate, clean-up) on one split."""
+    from .metrics import mean_dice
+
+    if not gt.reshape(len(gt), -1).any():
+        raise SegmentError("this split has no tumour slice: mean-Dice is undefined, nothing to choose a threshold on")
+    rows = []
+    for head in head_gates:
+        for gate in prob_gates:
+            for cleanup in cleanups:
+                opts = {"heads": heads if head else None, "probs": probs, "prob_gate": gate, "cleanup": cleanup}
+                rules = [("threshold", t) for t in thresholds] + [("otsu", 0.0)] + [("top_k", k) for k in top_ks]
+                for rule, value in rules:
+                    d = mean_dice(to_masks(heatmaps, rule, value, **opts), gt)
+                    rows.append({"rule": rule, "value": float(value), "head_gate": head, "prob_gate": gate,
+                                 "cleanup": cleanup, "mean_dice": d})
+    return rows

@@ -1,0 +1,124 @@
+"""The supervised reference: a U-Net trained on the same training split and image size.
+
+Our design decisions: a 4-level U-Net (``width`` channels at full resolution, doubling per
+level), batch norm, bilinear up-sampling; loss = BCE + soft Dice; the same on-device
+augmentation as the classifiers (geometry applied to image and mask alike); AdamW with a
+one-cycle schedule; the epoch with the best validation mean-Dice is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import Dataset
+from .io import atomic_path
+from .metrics import mean_dice
+from .train import Normalise, augment_batch, channel_stats, resolve_device, seed_everything, to_tensor, versions
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+    )
+
+
+class UNet(nn.Module):
+    def __init__(self, width: int = 16, levels: int = 4) -> None:
+        super().__init__()
+        chans = [width * 2**k for k in range(levels)]
+        self.down = nn.ModuleList([_block(3 if k == 0 else chans[k - 1], c) for k, c in enumerate(chans)])
+        self.up = nn.ModuleList([_block(chans[k] + chans[k - 1], chans[k - 1]) for k in range(levels - 1, 0, -1)])
+        self.out = nn.Conv2d(chans[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for k, block in enumerate(self.down):
+            x = block(x if k == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for block, skip in zip(self.up, reversed(skips[:-1])):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], 1))
+        return self.out(x)[:, 0]
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum((1, 2))
+    soft_dice = 1 - (2 * inter + 1) / (p.sum((1, 2)) + target.sum((1, 2)) + 1)
+    return F.binary_cross_entropy_with_logits(logits, target) + soft_dice.mean()
+
+
+@torch.no_grad()
+def predict_masks(model: nn.Module, norm: Normalise, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        xb = norm(to_tensor(np.asarray(images[i:i + batch_size]), device))
+        out.append((model(xb) > 0).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], bool)
+
+
+def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 10, batch_size: int = 16,
+               lr: float = 3e-3, width: int = 16, seed: int = 0, device: str = "auto", split_hash: str = "",
+               progress: bool = True) -> tuple[nn.Module, Normalise, dict]:
+    """Train (or reload, when ``best.pt`` exists for the same settings and split) the U-Net."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    dev = resolve_device(device)
+    config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
+              "image_size": int(train.images.shape[1]), "split_hash": split_hash}
+    path = out_dir / "best.pt"
+    if path.exists():
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if ckpt["config"] == config:
+            model = UNet(width).to(dev)
+            model.load_state_dict(ckpt["model"])
+            return model.eval(), Normalise(ckpt["norm_mean"], ckpt["norm_std"]).to(dev), ckpt
+    seed_everything(seed)
+    mean, std = channel_stats(train.images)
+    norm = Normalise(mean, std).to(dev)
+    model = UNet(width).to(dev)
+    x, y = to_tensor(train.images, dev), torch.from_numpy(np.ascontiguousarray(train.masks)).to(dev)
+    steps = math.ceil(len(x) / batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.2)
+    gen = torch.Generator().manual_seed(seed)
+    best, history, t0 = None, [], time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=gen).to(dev)
+        total = 0.0
+        for s in tqdm(range(steps), desc=f"U-Net epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
+            idx = perm[s * batch_size:(s + 1) * batch_size]
+            xb, yb = augment_batch(x[idx].float() / 255, gen, y[idx].float()[:, None])
+            loss = _loss(model(norm(xb)), yb[:, 0])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        vd = mean_dice(predict_masks(model, norm, val.images), np.asarray(val.masks))
+        history.append({"epoch": epoch + 1, "train_loss": total / len(x), "val_mean_dice": vd,
+                        "seconds": time.perf_counter() - t0})
+        if progress:
+            print(f"U-Net epoch {epoch + 1}/{epochs}: loss {total / len(x):.3f}, val mean-Dice {vd:.3f}")
+        if best is None or vd > best["val_mean_dice"]:
+            best = dict(history[-1])
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    ckpt = {"config": config, "model": state, "norm_mean": mean, "norm_std": std, "best": best,
+            "history": history, "versions": versions()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(ckpt, tmp)
+    return model.eval(), norm, ckpt
