@@ -33,14 +33,19 @@ def sync():
         torch.cuda.synchronize()
 
 
-def rate(fn, x):
-    fn(x)  # warm-up
-    sync()
-    t = time.perf_counter()
-    for _ in range(args.batches):
+def rate(fn, x, repeats=3):
+    """Median img/s over ``repeats`` timings of ``args.batches`` batches, after three warm-up calls."""
+    for _ in range(3):
         fn(x)
-    sync()
-    return args.batches * len(x) / (time.perf_counter() - t)
+    rates = []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        for _ in range(args.batches):
+            fn(x)
+        sync()
+        rates.append(args.batches * len(x) / (time.perf_counter() - t))
+    return float(np.median(rates))
 
 
 rows = []
@@ -51,10 +56,11 @@ for arch in args.archs:
     net = cams._Classifier(model, norm).eval()
     layers = [models.get_layer(model, arch, args.layer)]
     x = torch.rand(args.batch, 3, args.size, args.size, device=device)
-    floor = rate(lambda v: cams.activations_and_gradients(net, layers, v), x)
     for method in args.methods:
+        # the floor is timed right beside each fast-path timing, so both see the same clocks
+        floor = rate(lambda v: cams.activations_and_gradients(net, layers, v), x)
         fast = rate(lambda v: cams.fast_cams(net, layers, v, method), x)
-        lib = rate(lambda v: cams.library_cams(net, layers, v, method), x)
+        lib = rate(lambda v: cams.library_cams(net, layers, v, method), x, repeats=1)
         h1 = cams.fast_cams(net, layers, x, method)[0].cpu().numpy()
         h2 = cams.library_cams(net, layers, x, method)[0]
         rows.append((arch, method, lib, fast, floor, fast / floor, float(np.abs(h1 - h2).max())))

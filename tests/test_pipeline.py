@@ -1,0 +1,101 @@
+"""End to end: the smoke preset through all six notebooks under papermill."""
+
+import json
+import math
+
+import nbformat
+import pandas as pd
+import pytest
+
+from camseg_utils import pipeline, report
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("smoke")
+    run_dir = pipeline.run("smoke", run_dir=base / "run", figures_dir=base / "fig", progress=False)
+    return run_dir, base / "fig"
+
+
+def _in_range(x, lo=0.0, hi=1.0):
+    return isinstance(x, (int, float)) and not math.isnan(x) and lo <= x <= hi
+
+
+def test_smoke_run_writes_every_output(smoke_run):
+    run_dir, fig = smoke_run
+    for stage in pipeline.STAGES:
+        assert (run_dir / "notebooks" / f"{stage}.ipynb").exists()
+        assert (run_dir / "stages" / f"{stage}.json").exists()
+    for name in ("01_data", "02_train", "03_gradcam", "05_dice", "06_filtered_retrain"):
+        assert (run_dir / "metrics" / f"{name}.json").exists(), name
+    clf = json.loads((run_dir / "metrics" / "02_train.json").read_text())["tables"]["Classifiers (test split)"][0]
+    assert all(_in_range(clf[k]) for k in ("test_accuracy", "test_auc", "test_sensitivity", "test_specificity"))
+    dice = json.loads((run_dir / "metrics" / "05_dice.json").read_text())
+    rows = dice["tables"]["Segmentation (test split)"]
+    assert {r["method"] for r in rows} >= {"gradcam", "layercam", "random", "sobel"}
+    assert any(r["arch"].startswith("U-Net") for r in rows)
+    for r in rows:
+        assert _in_range(r["mean_dice"]) and _in_range(r["patient_dice"])
+        lo, hi = r["mean_dice_ci"]
+        assert lo <= r["mean_dice"] + 1e-9 and r["mean_dice"] <= hi + 1e-9
+    retrain = json.loads((run_dir / "metrics" / "06_filtered_retrain.json").read_text())
+    table = pd.DataFrame(retrain["tables"]["Filtered re-training (test split, mean over seeds)"])
+    assert set(table["heatmap"]) == {"layercam", "random"}
+    assert set(table["filter"]) == {"keep_hot", "keep_dark", "keep", "remove"}
+    assert (table["seeds"] == 3).all() and table["accuracy_mean"].between(0, 1).all()
+    for f in ("01_samples.png", "02_roc.png", "03_methods_small_cnn_middle.png", "04_threshold_layercam.png",
+              "05_dice_vs_threshold.png", "05_unet_vs_cam.png", "06_accuracy_vs_k.png"):
+        assert (fig / f).stat().st_size > 1000, f
+    md = (run_dir / "report.md").read_text()
+    assert "Segmentation (test split)" in md and "Classifiers (test split)" in md
+    # heatmap caches were written completely
+    assert not list((run_dir / "heatmaps").rglob(".*"))
+
+
+def test_resume_skips_finished_stages(smoke_run, capsys):
+    run_dir, fig = smoke_run
+    before = (run_dir / "stages" / "06_filtered_retrain.json").read_text()
+    pipeline.run("smoke", run_dir=run_dir, figures_dir=fig, progress=False)
+    out = capsys.readouterr().out
+    assert out.count("up to date, skipped") == 6
+    assert (run_dir / "stages" / "06_filtered_retrain.json").read_text() == before
+
+
+def test_same_seed_same_metrics(smoke_run, tmp_path):
+    """Two runs of the same preset and seed on the CPU give identical metrics (timings aside)."""
+    run_dir, _ = smoke_run
+    again = pipeline.run("smoke", run_dir=tmp_path / "run", figures_dir=tmp_path / "fig", progress=False, stop="05_dice")
+    for f in ("02_per_patient.csv", "05_dice_table.csv", "05_val_sweep.csv"):
+        assert (run_dir / "metrics" / f).read_text() == (again / "metrics" / f).read_text(), f
+    a = json.loads((run_dir / "metrics" / "02_train.json").read_text())
+    b = json.loads((again / "metrics" / "02_train.json").read_text())
+    drop = lambda t: [{k: v for k, v in r.items() if k != "train_seconds"} for r in t["tables"]["Classifiers (test split)"]]  # noqa: E731
+    assert drop(a) == drop(b)
+
+
+def test_failing_notebook_stops_with_a_message_and_keeps_the_notebook(tmp_path, capsys):
+    code = pipeline.main(["--preset", "smoke", "--run-dir", str(tmp_path / "run"), "--figures-dir", str(tmp_path / "f"),
+                          "--to", "02_train", "-p", "02_train.architectures=[alexnet]"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "[02_train] failed in cell" in err and "unknown architecture 'alexnet'" in err
+    kept = nbformat.read(tmp_path / "run" / "notebooks" / "02_train.ipynb", as_version=4)
+    assert any(o.get("ename") == "ModelError" for c in kept.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert not (tmp_path / "run" / "stages" / "02_train.json").exists()
+    # fixing the parameter resumes: 01 is not run again
+    code = pipeline.main(["--preset", "smoke", "--run-dir", str(tmp_path / "run"), "--figures-dir", str(tmp_path / "f"),
+                          "--to", "02_train"])
+    out = capsys.readouterr().out
+    assert code == 0 and "[01_data] up to date, skipped" in out and "[02_train] done" in out
+
+
+def test_unknown_preset_and_bad_override():
+    with pytest.raises(pipeline.PipelineError, match="known presets: .*smoke"):
+        pipeline.load_preset("nope")
+    with pytest.raises(pipeline.PipelineError, match="expected key=value"):
+        pipeline.parse_overrides(["epochs"])
+
+
+def test_report_tables_render():
+    md = report.markdown_table([{"a": 1, "b": 0.12345, "c": [0.1, 0.2]}, {"a": 2, "b": float("nan")}])
+    assert "| a | b | c |" in md and "0.123" in md and "[0.100, 0.200]" in md and "n/a" in md

@@ -1,0 +1,132 @@
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from camseg_utils import filtering, metrics, segment
+from camseg_utils.cams import CamError
+from camseg_utils.metrics import MetricError
+from camseg_utils.segment import SegmentError
+
+
+def _random_masks(seed, n=20, size=16):
+    rng = np.random.default_rng(seed)
+    gt = np.zeros((n, size, size), bool)
+    for i in range(n):
+        if i % 3:  # a third of the slices are tumour-free
+            y, x, r = rng.integers(3, size - 3, 3)
+            gt[i, max(0, y - r // 2):y + r, max(0, x - r // 2):x + r] = True
+    pred = gt.copy()
+    flip = rng.random(pred.shape) < 0.1
+    return pred ^ flip, gt
+
+
+def test_dice_matches_f1_score_of_sklearn():
+    pred, gt = _random_masks(0)
+    d = metrics.dice(pred, gt)
+    for i in range(len(gt)):
+        if gt[i].any() or pred[i].any():
+            assert d[i] == pytest.approx(f1_score(gt[i].ravel(), pred[i].ravel()))
+    has = gt.reshape(len(gt), -1).any(1)
+    assert metrics.mean_dice(pred, gt) == pytest.approx(np.mean([f1_score(gt[i].ravel(), pred[i].ravel())
+                                                                 for i in np.flatnonzero(has)]))
+
+
+def test_empty_mask_conventions():
+    e = np.zeros((4, 4), bool)
+    f = e.copy()
+    f[1, 1] = True
+    assert np.isnan(metrics.dice(e, e))  # nothing to find, nothing found: undefined
+    assert metrics.dice(e, f) == 0.0  # a tumour missed entirely
+    assert np.isnan(metrics.mean_dice(np.stack([f, f]), np.stack([e, e])))  # no tumour slice: NaN, not an error
+    assert metrics.false_positive_area(np.stack([f]), np.stack([e])) == pytest.approx(1 / 16)
+
+
+def test_patient_dice_pools_slices_and_iou():
+    gt = np.zeros((2, 4, 4), bool)
+    gt[0, :2] = True
+    pred = np.zeros_like(gt)
+    pred[0, :1] = True
+    pred[1, :1] = True  # a false positive on the other slice of the same patient
+    pd_ = metrics.patient_dice(pred, gt, np.array(["a", "a"]))
+    assert pd_["a"] == pytest.approx(2 * 4 / (8 + 8))
+    assert metrics.iou(pred[0], gt[0]) == pytest.approx(0.5)
+    assert metrics.two_class_mean_dice(pred[:1], gt[:1]) == pytest.approx((2 * 4 / 12 + 2 * 8 / 20) / 2)
+
+
+def test_shape_mismatch_names_both_shapes():
+    with pytest.raises(MetricError, match=r"\(2, 4, 4\).*\(2, 5, 5\)"):
+        metrics.dice(np.zeros((2, 4, 4), bool), np.zeros((2, 5, 5), bool))
+
+
+def test_threshold_free_localisation():
+    gt = np.zeros((2, 8, 8), bool)
+    gt[:, 2:4, 2:4] = True
+    h = np.zeros((2, 8, 8), np.float32)
+    h[0, 3, 3] = 1  # peak inside
+    h[1, 6, 6] = 1  # peak outside
+    assert metrics.pointing_game(h, gt) == 0.5
+    assert metrics.mass_inside(h, gt) == 0.5
+    assert metrics.pixel_average_precision(gt.astype(np.float32), gt) == pytest.approx(1.0)
+
+
+def test_bootstrap_ci_resamples_patients():
+    vals = np.r_[np.full(10, 0.2), np.full(10, 0.8)]
+    pats = np.r_[np.repeat(["a"], 10), np.repeat(["b"], 10)]
+    lo, hi = metrics.bootstrap_ci(vals, pats, n_boot=500, seed=0)
+    assert lo == pytest.approx(0.2) and hi == pytest.approx(0.8)  # two patients: all-a, all-b are possible
+    same = metrics.bootstrap_ci(np.full(20, 0.5), pats)
+    assert same == pytest.approx((0.5, 0.5))
+
+
+def test_rules_gates_and_cleanup():
+    h = np.zeros((2, 10, 10), np.float32)
+    h[:, 2:5, 2:5] = 0.9
+    h[:, 8, 8] = 0.95  # an isolated speck
+    head = np.zeros((2, 10, 10), bool)
+    head[:, :, :7] = True
+    m = segment.to_masks(h, "threshold", 0.5)
+    assert m[0].sum() == 10
+    assert segment.to_masks(h, "threshold", 0.5, heads=head)[0].sum() == 9  # outside the head removed
+    assert segment.to_masks(h, "threshold", 0.5, cleanup=True)[0].sum() == 9 - 4  # opening shaves the corners
+    assert segment.to_masks(h, "otsu")[0].sum() == 10
+    assert segment.to_masks(h, "top_k", 1)[0].sum() == 1 and segment.to_masks(h, "top_k", 1)[0, 8, 8]
+    gated = segment.to_masks(h, "threshold", 0.5, probs=np.array([0.9, 0.1]), prob_gate=0.5)
+    assert gated[0].any() and not gated[1].any()
+    assert not segment.to_masks(np.zeros((1, 4, 4), np.float32), "otsu").any()
+
+
+def test_bad_segmentation_input():
+    h = np.zeros((1, 4, 4), np.float32)
+    with pytest.raises(SegmentError, match=r"threshold=1.5: expected a value in \[0, 1\]"):
+        segment.to_masks(h, "threshold", 1.5)
+    with pytest.raises(SegmentError, match="unknown rule"):
+        segment.to_masks(h, "kmeans")
+    with pytest.raises(SegmentError, match="differ in shape"):
+        segment.to_masks(h, heads=np.zeros((1, 5, 5), bool))
+    with pytest.raises(SegmentError, match="no tumour slice"):
+        segment.sweep(h, np.zeros((1, 4, 4), bool), None, None, [0.5], [5])
+
+
+def test_head_mask_fills_holes():
+    img = np.zeros((1, 9, 9, 3), np.uint8)
+    img[0, 1:8, 1:8] = 100
+    img[0, 4, 4] = 0  # a dark ventricle inside the head
+    head = segment.head_masks(img)
+    assert head[0, 4, 4] and head.sum() == 49
+
+
+def test_filters():
+    img = np.full((1, 4, 4, 3), 200, np.uint8)
+    h = np.zeros((1, 4, 4), np.float32)
+    h[0, 0, 0], h[0, 0, 1] = 1.0, 0.5
+    assert filtering.filter_images(img, h, "keep_hot")[0, 0, 1, 0] == 100
+    assert filtering.filter_images(img, h, "keep_dark")[0, 0, 0, 0] == 0
+    kept = filtering.filter_images(img, h, "keep", 12.5, fill=np.array([10, 20, 30]))
+    assert (kept[0, 0, :2] == 200).all() and (kept[0, 1, 1] == [10, 20, 30]).all()
+    removed = filtering.filter_images(img, h, "remove", 12.5, fill=np.array([10, 20, 30]))
+    assert (removed[0, 0, :2] == [10, 20, 30]).all() and (removed[0, 3, 3] == 200).all()
+    assert filtering.top_k_mask(np.random.rand(3, 10, 10), 30).reshape(3, -1).sum(1).tolist() == [30, 30, 30]
+    with pytest.raises(CamError, match=r"images \(1, 4, 4, 3\) and heatmaps \(2, 4, 4\)"):
+        filtering.filter_images(img, np.zeros((2, 4, 4)), "keep_hot")
+    with pytest.raises(ValueError, match="unknown filter"):
+        filtering.filter_images(img, h, "blur")
