@@ -35,6 +35,7 @@ LIBRARY_ONLY = ("scorecam", "eigencam", "randomcam")
 BASELINES = ("random", "sobel")
 METHODS = FAST_METHODS + LIBRARY_ONLY + BASELINES
 FUSIONS = ("mean", "max")
+CACHE_FORMAT = 2  # bump when what a cache entry holds changes: older entries are recomputed
 
 
 class CamError(ValueError):
@@ -224,19 +225,20 @@ def sobel_heatmaps(images: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Heatmaps:
-    """Heatmaps of one (checkpoint, method, layers, fusion) over a set of slices."""
+    """Heatmaps of one (checkpoint, method, layers, fusion) over a set of slices.
+
+    The raw map is stored as float16 relative to its own peak (``raw_peak``, float32), so each
+    slice is stored the same way whatever else was computed with it.
+    """
 
     heatmap: np.ndarray  # N x H x W in [0, 1], float16 on disk
-    raw: np.ndarray  # N x H x W, raw map / raw_scale, float16 on disk
+    raw: np.ndarray  # N x H x W, raw map / its peak, float16 on disk
+    raw_peak: np.ndarray  # N, float32: the largest raw value of each slice
     meta: dict
-
-    @property
-    def raw_scale(self) -> float:
-        return float(self.meta["raw_scale"])
 
     def raw_maps(self, idx=slice(None)) -> np.ndarray:
         """Un-normalised maps (float32) on the method's own scale."""
-        return self.raw[idx].astype(np.float32) * self.raw_scale
+        return np.asarray(self.raw[idx], np.float32) * np.asarray(self.raw_peak[idx], np.float32)[..., None, None]
 
 
 def compute_heatmaps(
@@ -315,8 +317,9 @@ def cached_heatmaps(
     entry = Path(run_dir) / "heatmaps" / f"{arch}-{checkpoint_id(checkpoint)}" / key
     if (entry / "meta.json").exists():
         meta = read_json(entry / "meta.json")
-        if meta["n"] == len(images) and tuple(meta["size"]) == tuple(images.shape[1:3]):
-            return Heatmaps(np.load(entry / "heatmap.npy", mmap_mode="r"), np.load(entry / "raw.npy", mmap_mode="r"), meta)
+        if (meta.get("format") == CACHE_FORMAT and meta["n"] == len(images)
+                and tuple(meta["size"]) == tuple(images.shape[1:3])):
+            return _load_entry(entry, meta)
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=entry.parent))
     try:
@@ -326,17 +329,20 @@ def cached_heatmaps(
         model, norm, _ = load_classifier(checkpoint, device=device) if loader is None else loader()
         compute_heatmaps(model, norm, arch, images, method, names if method not in BASELINES else "last", fuse,
                          batch_size, engine, seed, progress, out=(heat, raw32))
-        scale = float(max(np.max(raw32), 1e-12)) if n else 1.0
         raw = np.lib.format.open_memmap(tmp / "raw.npy", "w+", np.float16, (n, h, w))
+        peak = np.zeros(n, np.float32)
         for i in range(0, n, 512):
-            raw[i:i + 512] = raw32[i:i + 512] / scale
+            r = np.asarray(raw32[i:i + 512])
+            peak[i:i + 512] = r.reshape(len(r), -1).max(1) if r.size else 0
+            raw[i:i + 512] = r / np.maximum(peak[i:i + 512], 1e-30)[:, None, None]
+        np.save(tmp / "raw_peak.npy", peak)
         heat.flush()
         raw.flush()
         del heat, raw, raw32
         (tmp / "raw32.npy").unlink()
         meta = {"arch": arch, "checkpoint": str(checkpoint), "checkpoint_id": checkpoint_id(checkpoint),
                 "method": method, "layers": names, "fuse": fuse, "split": split, "n": n, "size": [h, w],
-                "raw_scale": scale, "engine": engine}
+                "engine": engine, "format": CACHE_FORMAT}
         write_json(tmp / "meta.json", meta)
         if entry.exists():
             shutil.rmtree(entry)
@@ -344,7 +350,12 @@ def cached_heatmaps(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return Heatmaps(np.load(entry / "heatmap.npy", mmap_mode="r"), np.load(entry / "raw.npy", mmap_mode="r"), meta)
+    return _load_entry(entry, meta)
+
+
+def _load_entry(entry: Path, meta: dict) -> Heatmaps:
+    return Heatmaps(np.load(entry / "heatmap.npy", mmap_mode="r"), np.load(entry / "raw.npy", mmap_mode="r"),
+                    np.load(entry / "raw_peak.npy"), meta)
 
 
 def check_pair(images: np.ndarray, heatmaps: np.ndarray, what: str = "heatmaps") -> None:

@@ -82,10 +82,12 @@ class Dataset:
 # --------------------------------------------------------------------------- LGG
 
 
-def scan_lgg(root: str | Path) -> pd.DataFrame:
+def scan_lgg(root: str | Path, require_masks: bool = True) -> pd.DataFrame:
     """List every slice of a kaggle_3m folder without reading pixels.
 
     Returns one row per slice, sorted by patient then slice number (numeric, 1-based).
+    With ``require_masks=False`` an image without a mask is listed with an empty ``mask_path``
+    (new patients to segment); otherwise it is an error.
     """
     root = Path(root)
     if not root.is_dir():
@@ -110,7 +112,7 @@ def scan_lgg(root: str | Path) -> pd.DataFrame:
         for s in sorted(set(images) | set(masks)):
             if s not in images:
                 raise DataError(f"mask {masks[s]} has no image beside it (expected {case_dir.name}_{s}.tif or .png)")
-            if s not in masks:
+            if s not in masks and require_masks:
                 raise DataError(
                     f"image {images[s]} has no mask beside it (expected {case_dir.name}_{s}_mask.tif or .png)"
                 )
@@ -121,7 +123,7 @@ def scan_lgg(root: str | Path) -> pd.DataFrame:
                     "institution": m.group("inst").upper(),
                     "slice": s,
                     "image_path": str(images[s]),
-                    "mask_path": str(masks[s]),
+                    "mask_path": str(masks[s]) if s in masks else "",
                 }
             )
     if not rows:
@@ -141,9 +143,12 @@ def _open(path: str, what: str) -> np.ndarray:
 
 
 def read_slice(image_path: str, mask_path: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read one image (uint8 H x W x 3) and its mask (bool H x W), optionally resized to size x size."""
+    """Read one image (uint8 H x W x 3) and its mask (bool H x W), optionally resized to size x size.
+
+    An empty ``mask_path`` gives an empty mask (a slice without ground truth).
+    """
     img = _open(image_path, "image")
-    mask = _open(mask_path, "mask")
+    mask = _open(mask_path, "mask") if mask_path else np.zeros(img.shape[:2], np.uint8)
     if img.ndim == 2:  # a grey image: repeat it so models see three channels
         img = np.repeat(img[..., None], 3, axis=-1)
     if img.ndim != 3 or img.shape[-1] < 3:
@@ -177,13 +182,15 @@ def load_lgg(
     patients: Sequence[str] | int | None = None,
     workers: int = 4,
     progress: bool = True,
+    require_masks: bool = True,
 ) -> Dataset:
     """Load a kaggle_3m folder (.tif or .png) into memory.
 
     ``patients`` restricts the load to a list of patient ids, or to the first N patients.
     ``size`` resizes every slice to size x size (None keeps the native 256 x 256).
+    ``require_masks=False`` accepts images without masks (``has_mask`` False, empty mask).
     """
-    manifest = scan_lgg(root)
+    manifest = scan_lgg(root, require_masks)
     if patients is not None:
         ids = sorted(manifest["patient"].unique())
         keep = ids[: int(patients)] if isinstance(patients, int) else list(patients)
@@ -198,11 +205,14 @@ def load_lgg(
     images = np.empty((n, size, size, 3), np.uint8)
     masks = np.empty((n, size, size), bool)
 
+    native = np.zeros(n, int)
+
     def work(i: int) -> None:
         row = manifest.iloc[i]
-        img, mask = read_slice(row["image_path"], row["mask_path"], size)
+        img, mask = read_slice(row["image_path"], row["mask_path"], None)
+        native[i] = img.shape[0] if img.shape[0] == img.shape[1] else -1
         if img.shape[:2] != (size, size):
-            raise DataError(f"image {row['image_path']} is {img.shape[1]}x{img.shape[0]}, expected {size}x{size}")
+            img, mask = resize_slice(img, mask, size)
         images[i], masks[i] = img, mask
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -213,6 +223,8 @@ def load_lgg(
             it = tqdm(it, total=n, desc=f"loading LGG ({manifest['patient'].nunique()} patients)", unit="slice")
         for _ in it:
             pass
+    manifest["has_mask"] = manifest["mask_path"] != ""
+    manifest["native_size"] = native
     return Dataset(images, masks, _finish_manifest(manifest, masks))
 
 

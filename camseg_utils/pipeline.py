@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from .io import read_json, write_json
+from .report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -155,8 +156,7 @@ def run(
                                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
         print(f"[{stage}] done in {dt:.1f} s", flush=True)
         previous = key
-    from .report import write_report
-
+        write_report(run_dir, preset["name"])  # after every stage, so an interrupted run has its report so far
     write_report(run_dir, preset["name"])
     print(f"pipeline {preset['name']}: {len(stages)} stages in {time.perf_counter() - t_all:.1f} s; "
           f"run folder {run_dir}, figures {figures_dir}, report {run_dir / 'report.md'}", flush=True)

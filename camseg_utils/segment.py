@@ -116,27 +116,96 @@ def scaled_heatmaps(heatmaps, normalisation: str = "per_image", reference: float
 
 
 def raw_peaks(heatmaps) -> np.ndarray:
-    r = np.asarray(heatmaps.raw, np.float32)
-    return r.reshape(len(r), -1).max(1) * heatmaps.raw_scale if len(r) else np.zeros(0)
+    return np.asarray(heatmaps.raw_peak, np.float32)
+
+
+def threshold_curve(heatmaps: np.ndarray, gt: np.ndarray, thresholds, heads: np.ndarray | None = None,
+                    probs: np.ndarray | None = None, prob_gate: float = 0.0, chunk: int = 64) -> np.ndarray:
+    """Mean-Dice (tumour slices) for every fixed threshold at once, without clean-up.
+
+    Equals ``mean_dice(to_masks(heatmaps, 'threshold', t, heads, probs, prob_gate), gt)`` for each t,
+    computed in one pass over the slices (in chunks, so memory stays bounded).
+    """
+    thresholds = np.asarray([check_threshold(t) for t in thresholds], np.float32)
+    has = gt.reshape(len(gt), -1).any(1)
+    if not has.any():
+        return np.full(len(thresholds), np.nan)
+    idx = np.flatnonzero(has)
+    keep = np.ones(len(gt), bool) if probs is None or prob_gate <= 0 else np.asarray(probs) >= prob_gate
+    total = np.zeros(len(thresholds))
+    for start in range(0, len(idx), chunk):
+        i = idx[start:start + chunk]
+        h = np.asarray(heatmaps[i], np.float32).reshape(len(i), -1)
+        if heads is not None:
+            h = np.where(heads[i].reshape(len(i), -1), h, -1.0)  # outside the head: never above a threshold
+        g = gt[i].reshape(len(i), -1)
+        above = h[:, :, None] >= thresholds  # slices x pixels x thresholds
+        inter = (above & g[:, :, None]).sum(1)
+        pred = above.sum(1)
+        inter[~keep[i]] = 0
+        pred[~keep[i]] = 0
+        total += (2 * inter / (pred + g.sum(1)[:, None])).sum(0)
+    return total / len(idx)
 
 
 def sweep(
     heatmaps: np.ndarray, gt: np.ndarray, heads: np.ndarray, probs: np.ndarray, thresholds, top_ks,
     head_gates=(False, True), prob_gates=(0.0, 0.5), cleanups=(False,),
 ) -> list[dict]:
-    """Mean-Dice of every (rule, value, head gate, probability gate, clean-up) on one split."""
-    from .metrics import mean_dice
+    """Mean-Dice of every (rule, value, head gate, probability gate, clean-up) on one split.
 
-    if not gt.reshape(len(gt), -1).any():
+    Each mask set is made once per head gate; the classifier gate only empties whole slices, so
+    its effect is applied to the per-slice Dice afterwards (a gated tumour slice scores 0).
+    """
+    from .metrics import dice
+
+    has = gt.reshape(len(gt), -1).any(1)
+    if not has.any():
         raise SegmentError("this split has no tumour slice: mean-Dice is undefined, nothing to choose a threshold on")
+    h_t, gt_t = np.asarray(heatmaps, np.float32)[has], gt[has]
+    probs_t = None if probs is None else np.asarray(probs)[has]
     rows = []
     for head in head_gates:
-        for gate in prob_gates:
-            for cleanup in cleanups:
-                opts = {"heads": heads if head else None, "probs": probs, "prob_gate": gate, "cleanup": cleanup}
-                rules = [("threshold", t) for t in thresholds] + [("otsu", 0.0)] + [("top_k", k) for k in top_ks]
-                for rule, value in rules:
-                    d = mean_dice(to_masks(heatmaps, rule, value, **opts), gt)
-                    rows.append({"rule": rule, "value": float(value), "head_gate": head, "prob_gate": gate,
-                                 "cleanup": cleanup, "mean_dice": d})
+        hd = heads[has] if head else None
+        for cleanup in cleanups:
+            per_slice = {}  # (rule, value) -> per-slice Dice without the classifier gate
+            if not cleanup:
+                for gate in prob_gates:
+                    curve = threshold_curve(h_t, gt_t, thresholds, hd, probs_t, gate)
+                    rows += [{"rule": "threshold", "value": float(t), "head_gate": head, "prob_gate": gate,
+                              "cleanup": cleanup, "mean_dice": float(d)} for t, d in zip(thresholds, curve)]
+            else:
+                for t in thresholds:
+                    per_slice[("threshold", float(t))] = dice(to_masks(h_t, "threshold", t, hd, cleanup=True), gt_t)
+            per_slice[("otsu", 0.0)] = dice(to_masks(h_t, "otsu", 0, hd, cleanup=cleanup), gt_t)
+            for k, m in zip(top_ks, top_k_masks(h_t, top_ks, hd)):
+                per_slice[("top_k", float(k))] = dice(clean_all(m) if cleanup else m, gt_t)
+            for gate in prob_gates:
+                keep = np.ones(len(gt_t), bool) if probs_t is None or gate <= 0 else probs_t >= gate
+                for (rule, value), d in per_slice.items():
+                    rows.append({"rule": rule, "value": value, "head_gate": head, "prob_gate": gate,
+                                 "cleanup": cleanup, "mean_dice": float(np.mean(np.where(keep, d, 0.0)))})
     return rows
+
+
+def clean_all(masks: np.ndarray) -> np.ndarray:
+    return np.stack([clean(m) for m in masks]) if len(masks) else masks
+
+
+def top_k_masks(heatmaps: np.ndarray, ks, heads: np.ndarray | None = None) -> list[np.ndarray]:
+    """``to_masks(heatmaps, 'top_k', k, heads)`` for several k with one sort of each slice's values."""
+    h = np.asarray(heatmaps, np.float32)
+    n = len(h)
+    flat = h.reshape(n, -1)
+    inside = np.ones(flat.shape, bool) if heads is None else heads.reshape(n, -1)
+    ranked = np.sort(np.where(inside, flat, -np.inf), axis=1)[:, ::-1]  # descending, outside the head last
+    size = inside.sum(1)
+    out = []
+    for k in ks:
+        if not 0 < k <= 100:
+            raise SegmentError(f"top_k value={k}: expected a percentage in (0, 100]")
+        count = np.maximum(1, np.round(size * k / 100).astype(int))
+        cut = ranked[np.arange(n), np.minimum(count, flat.shape[1]) - 1]
+        m = (flat >= cut[:, None]) & (flat > 0) & inside & (size[:, None] > 0)
+        out.append(m.reshape(h.shape))
+    return out

@@ -99,3 +99,62 @@ def test_unknown_preset_and_bad_override():
 def test_report_tables_render():
     md = report.markdown_table([{"a": 1, "b": 0.12345, "c": [0.1, 0.2]}, {"a": 2, "b": float("nan")}])
     assert "| a | b | c |" in md and "0.123" in md and "[0.100, 0.200]" in md and "n/a" in md
+
+
+# ------------------------------------------------------------------ evaluate (issue: external cohorts)
+
+from camseg_utils import data, evaluate  # noqa: E402
+
+
+def test_evaluate_on_new_synthetic_patients_gives_a_complete_report(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    other = data.generate_synthetic(n_patients=4, size=64, seed=99)  # other patients, another size
+    data.write_kaggle_layout(other, tmp_path / "cohort")
+    r = evaluate.evaluate(run_dir, tmp_path / "cohort", tmp_path / "out", device="cpu", n_boot=100, progress=False)
+    assert r["slices"] == len(other) and r["slices_with_mask"] == len(other)
+    assert r["resized_from"] == [64] and r["image_size"] == 48
+    for key in ("cam", "unet", "random_baseline"):
+        assert 0 <= r[key]["mean_dice"] <= 1
+    assert 0 <= r["classification"]["accuracy"] <= 1
+    pred = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert len(pred) == len(other) and pred["tumour_probability"].between(0, 1).all()
+    assert all((tmp_path / "out" / p).exists() for p in pred["cam_mask"]) and pred["cam_dice"].notna().any()
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "resized from [64] to 48 x 48" in md and "U-Net (supervised)" in md and str(run_dir) in md
+    # nothing was written into the data folder
+    assert not list((tmp_path / "cohort").rglob("*_cam.png"))
+
+
+def test_evaluate_on_the_runs_own_test_patients_reproduces_notebook_05(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    ds = data.load_dataset(run_dir / "data")
+    data.write_kaggle_layout(ds.split("test"), tmp_path / "test")
+    r = evaluate.evaluate(run_dir, tmp_path / "test", tmp_path / "out", device="cpu", progress=False)
+    chosen = json.loads((run_dir / "metrics" / "05_dice.json").read_text())
+    for key in ("mean_dice", "mean_dice_ci", "patient_dice", "two_class_dice", "fp_area"):
+        # the same masks; bootstrap sums may add in another order (last-digit rounding only)
+        assert r["cam"][key] == pytest.approx(chosen["best_cam"][key], rel=1e-12, abs=1e-15), key
+        assert r["unet"][key] == pytest.approx(chosen["unet"][key], rel=1e-12, abs=1e-15), key
+    assert r["resized_from"] == []
+    clf = json.loads((run_dir / "metrics" / "02_train.json").read_text())["tables"]["Classifiers (test split)"][0]
+    assert r["classification"]["accuracy"] == clf["test_accuracy"] and r["classification"]["auc"] == clf["test_auc"]
+
+
+def test_evaluate_without_masks_predicts_only(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    data.write_kaggle_layout(data.generate_synthetic(n_patients=3, size=48, seed=5), tmp_path / "new")
+    for m in (tmp_path / "new").rglob("*_mask.png"):
+        m.unlink()
+    r = evaluate.evaluate(run_dir, tmp_path / "new", tmp_path / "out", device="cpu", progress=False)
+    assert r["slices_with_mask"] == 0 and "cam" not in r
+    assert "predictions only" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_evaluate_bad_input(smoke_run, tmp_path, capsys):
+    run_dir, _ = smoke_run
+    (tmp_path / "partial" / "metrics").mkdir(parents=True)
+    with pytest.raises(evaluate.RunError, match="incomplete; missing: .*05_dice.json"):
+        evaluate.evaluate(tmp_path / "partial", tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert evaluate.main(["--run", str(run_dir), "--data", str(tmp_path / "empty")]) == 1
+    assert "no LGG cases found" in capsys.readouterr().err

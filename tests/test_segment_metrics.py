@@ -130,3 +130,34 @@ def test_filters():
         filtering.filter_images(img, np.zeros((2, 4, 4)), "keep_hot")
     with pytest.raises(ValueError, match="unknown filter"):
         filtering.filter_images(img, h, "blur")
+
+
+def test_vectorised_threshold_curve_equals_the_masks_one_by_one():
+    rng = np.random.default_rng(3)
+    pred, gt = _random_masks(1, n=30, size=12)
+    h = np.clip(gt * 0.5 + rng.random(gt.shape) * 0.6, 0, 1).astype(np.float32)
+    heads = np.ones_like(gt)
+    heads[:, :, :2] = False
+    probs = rng.random(len(gt))
+    ts = [0.1, 0.3, 0.5, 0.7, 0.9]
+    for hd, gate in ((None, 0.0), (heads, 0.0), (heads, 0.5)):
+        curve = segment.threshold_curve(h, gt, ts, hd, probs, gate, chunk=7)
+        one_by_one = [metrics.mean_dice(segment.to_masks(h, "threshold", t, hd, probs, gate), gt) for t in ts]
+        assert np.allclose(curve, one_by_one)
+
+
+def test_fast_sweep_equals_masks_one_by_one():
+    rng = np.random.default_rng(4)
+    _, gt = _random_masks(2, n=24, size=12)
+    h = np.clip(gt * 0.4 + rng.random(gt.shape) * 0.7, 0, 1).astype(np.float32)
+    heads = np.ones_like(gt)
+    heads[:, :, :3] = False
+    probs = rng.random(len(gt))
+    rows = segment.sweep(h, gt, heads, probs, [0.2, 0.6], [2, 10], (False, True), (0.0, 0.5), (False, True))
+    assert len(rows) == 2 * 2 * 2 * (2 + 1 + 2)
+    for r in rows:
+        m = segment.to_masks(h, r["rule"], r["value"], heads if r["head_gate"] else None, probs, r["prob_gate"],
+                             r["cleanup"])
+        assert r["mean_dice"] == pytest.approx(metrics.mean_dice(m, gt)), r
+    for k, m in zip([1, 5, 50], segment.top_k_masks(h, [1, 5, 50], heads)):
+        assert np.array_equal(m, segment.to_masks(h, "top_k", k, heads))

@@ -1,0 +1,178 @@
+"""Apply a finished run, unchanged, to new patients, and score it where masks exist.
+
+    python -m camseg_utils.evaluate --run runs/lgg --data /path/to/kaggle_3m [--out DIR]
+
+Everything comes from the run folder: the classifier (``models/<arch>/best.pt``), the U-Net
+(``models/unet/best.pt``), and the CAM setting and every knob that notebook 05 chose on the
+validation split (method, layer, fusion, rule and value, heatmap scale and its reference,
+head gate, classifier gate, clean-up). Nothing is tuned on the new data. Images of another
+size are resized exactly as in training (the report says so); slices without a mask get
+predictions only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from . import cams, data, metrics, segment, train, unet
+from .io import atomic_path, read_json, write_json
+from .report import markdown_table
+
+
+class RunError(ValueError):
+    """A run folder that lacks what evaluation needs."""
+
+
+def required_files(run_dir: Path) -> tuple[dict, list[Path]]:
+    dice_path = run_dir / "metrics" / "05_dice.json"
+    missing = [] if dice_path.exists() else [dice_path]
+    chosen = read_json(dice_path) if dice_path.exists() else {}
+    arch = (chosen.get("best_cam") or {}).get("arch", "<arch>")
+    need = [run_dir / "models" / arch / "best.pt", run_dir / "models" / "unet" / "best.pt"]
+    missing += [p for p in need if not p.exists()]
+    return chosen, missing
+
+
+def _apply(hm: cams.Heatmaps, setting: dict, heads: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    h = segment.scaled_heatmaps(hm, setting["normalisation"], setting["reference"])
+    return segment.to_masks(h, setting["rule"], setting["value"], heads if setting["head_gate"] else None, probs,
+                            setting["prob_gate"], setting["cleanup"])
+
+
+def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | None = None,
+             device: str = "auto", batch_size: int = 32, n_boot: int = 1000, progress: bool = True) -> dict:
+    """Predict, segment and (where masks exist) score every slice under ``data_root``; returns the metrics."""
+    t0 = time.perf_counter()
+    run_dir, data_root = Path(run_dir), Path(data_root)
+    if not run_dir.is_dir():
+        raise RunError(f"run folder {run_dir} does not exist")
+    chosen, missing = required_files(run_dir)
+    if missing:
+        raise RunError(f"run folder {run_dir} is incomplete; missing: " + ", ".join(str(p) for p in missing)
+                       + " (run the pipeline through notebook 05 first)")
+    best, rand = chosen["best_cam"], chosen.get("random_baseline")
+    arch = best["arch"]
+    ckpt_path = run_dir / "models" / arch / "best.pt"
+    dev = train.resolve_device(device)
+    model, norm, ckpt = train.load_classifier(ckpt_path, device=dev)
+    size = int(ckpt["image_size"])
+    out_dir = Path(out_dir or run_dir / "external" / data_root.name)
+    ds = data.load_lgg(data_root, size=size, progress=progress, require_masks=False)
+    m = ds.manifest
+    resized = sorted(set(int(s) for s in m.native_size) - {size})
+
+    probs = train.predict(model, norm, ds.images, batch_size * 2, amp=True)
+    heads = segment.head_masks(ds.images)
+    key = f"external-{data.manifest_hash(m)}"
+    hm = cams.cached_heatmaps(out_dir, ckpt_path, ds.images, key, best["method"], best["layer"], best["fuse"],
+                              batch_size, dev, seed=int(best.get("seed", 0)), progress=progress,
+                              loader=lambda: (model, norm, ckpt))
+    cam_masks = _apply(hm, best, heads, probs)
+    net, unorm, _ = _load_unet(run_dir / "models" / "unet" / "best.pt", dev)
+    unet_masks = unet.predict_masks(net, unorm, ds.images, batch_size)
+
+    # outputs: masks as PNG beside an index of what was read (paths only, no copies of the images)
+    rows = []
+    for i, r in m.iterrows():
+        case_dir = out_dir / "masks" / r["case"]
+        case_dir.mkdir(parents=True, exist_ok=True)
+        cam_png, unet_png = case_dir / f"{r['case']}_{r['slice']}_cam.png", case_dir / f"{r['case']}_{r['slice']}_unet.png"
+        for path, mask in ((cam_png, cam_masks[i]), (unet_png, unet_masks[i])):
+            with atomic_path(path, suffix=".png") as tmp:
+                Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+        rows.append({"patient": r["patient"], "slice": r["slice"], "image_path": r["image_path"],
+                     "mask_path": r["mask_path"], "tumour_probability": float(probs[i]),
+                     "predicted_tumour": bool(probs[i] >= 0.5), "cam_mask": str(cam_png.relative_to(out_dir)),
+                     "unet_mask": str(unet_png.relative_to(out_dir))})
+    index = pd.DataFrame(rows)
+
+    has = m["has_mask"].to_numpy()
+    result = {"run": str(run_dir), "data": str(data_root), "slices": len(m), "patients": int(m.patient.nunique()),
+              "slices_with_mask": int(has.sum()), "image_size": size, "resized_from": resized,
+              "classifier": arch, "cam_setting": {k: best[k] for k in ("method", "layer", "fuse", "rule", "value",
+                                                                      "normalisation", "reference", "head_gate",
+                                                                      "prob_gate", "cleanup")}}
+    if has.any():
+        gt, pats = np.asarray(ds.masks)[has], m.patient.to_numpy()[has]
+        index.loc[has, "cam_dice"] = metrics.dice(cam_masks[has], gt)
+        index.loc[has, "unet_dice"] = metrics.dice(unet_masks[has], gt)
+        result["classification"] = {k: v for k, v in train.classification_metrics(m.tumour[has], probs[has]).items()}
+        seed = int(best.get("seed", 0))
+        result["cam"] = metrics.score_masks(cam_masks[has], gt, pats, n_boot, seed)
+        result["unet"] = metrics.score_masks(unet_masks[has], gt, pats, n_boot, seed)
+        if rand:
+            rh = cams.cached_heatmaps(out_dir, ckpt_path, ds.images, key, "random", "last", rand["fuse"], batch_size,
+                                      dev, seed=int(rand.get("seed", 0)), progress=False, loader=lambda: (model, norm, ckpt))
+            result["random_baseline"] = metrics.score_masks(_apply(rh, rand, heads, probs)[has], gt, pats, n_boot, seed)
+    result["seconds"] = time.perf_counter() - t0
+    with atomic_path(out_dir / "predictions.csv") as tmp:
+        index.to_csv(tmp, index=False)
+    write_json(out_dir / "metrics.json", result)
+    _write_report(out_dir, result)
+    return result
+
+
+def _load_unet(path: Path, dev):
+    import torch
+
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    net = unet.UNet(ck["config"]["width"]).to(dev)
+    net.load_state_dict(ck["model"])
+    return net.eval(), train.Normalise(ck["norm_mean"], ck["norm_std"]).to(dev), ck
+
+
+def _write_report(out_dir: Path, r: dict) -> None:
+    s = r["cam_setting"]
+    lines = [f"# External evaluation of {r['run']}", "",
+             f"- data: `{r['data']}`: {r['slices']} slices of {r['patients']} patients, {r['slices_with_mask']} with a mask",
+             f"- classifier: {r['classifier']}; CAM: {s['method']} @ {s['layer']} (fuse {s['fuse']}), rule {s['rule']} "
+             f"{s['value']:g}, scale {s['normalisation']}, head gate {s['head_gate']}, classifier gate {s['prob_gate']}, "
+             f"clean-up {s['cleanup']}; all chosen on the run's validation split, applied unchanged",
+             f"- images were resized from {r['resized_from']} to {r['image_size']} x {r['image_size']} exactly as in training"
+             if r["resized_from"] else f"- images already at the run's size ({r['image_size']} x {r['image_size']})",
+             f"- {r['seconds']:.0f} s", ""]
+    if "cam" in r:
+        c = r["classification"]
+        lines += ["## Classifier", "", markdown_table([{k: c[k] for k in ("n", "accuracy", "sensitivity", "specificity", "auc")}]),
+                  "## Segmentation (mean-Dice over slices with tumour; 95 % CIs by patient bootstrap)", ""]
+        table = [{"masks": name, **{k: v for k, v in r[key].items()}} for name, key in
+                 (("best CAM setting", "cam"), ("U-Net (supervised)", "unet"), ("random heatmap", "random_baseline"))
+                 if key in r]
+        lines.append(markdown_table(table))
+    else:
+        lines.append("No ground-truth masks: predictions only (predictions.csv, masks/).")
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m camseg_utils.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="a finished run folder (runs/<preset>)")
+    ap.add_argument("--data", required=True, help="a kaggle_3m-layout folder (.tif or .png)")
+    ap.add_argument("--out", help="output folder (default RUN/external/<data folder name>)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args(argv)
+    try:
+        r = evaluate(args.run, args.data, args.out, args.device, args.batch_size)
+    except (RunError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    out = Path(args.out or Path(args.run) / "external" / Path(args.data).name)
+    print(f"evaluated {r['slices']} slices in {r['seconds']:.0f} s; report {out / 'report.md'}")
+    if "cam" in r:
+        print(f"classifier accuracy {r['classification']['accuracy']:.3f}, AUC {r['classification']['auc']:.3f}; "
+              f"CAM mean-Dice {r['cam']['mean_dice']:.3f}, U-Net {r['unet']['mean_dice']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
