@@ -43,7 +43,9 @@ for arch in args.archs:
     norm = train.Normalise(*train.channel_stats(ds.images)).to(dev)
     x_all = train.to_tensor(ds.images, dev)
     y_all = torch.from_numpy(ds.manifest.tumour.to_numpy().astype(np.int64)).to(dev)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    order = torch.randint(0, len(x_all), (10_000 * args.batch,), device=dev, generator=gen)  # as an epoch's permutation
+    pos = [0]
     xb_fixed = norm(x_all[: args.batch].float() / 255).contiguous(memory_format=torch.channels_last)
     yb_fixed = y_all[: args.batch]
 
@@ -58,7 +60,8 @@ for arch in args.archs:
         step(xb_fixed, yb_fixed)
 
     def full():  # what train_classifier does per step
-        idx = torch.randint(0, len(x_all), (args.batch,), generator=gen).to(dev)
+        idx = order[pos[0]:pos[0] + args.batch]
+        pos[0] += args.batch
         xb = norm(train.augment_batch(x_all[idx].float() / 255, gen)).contiguous(memory_format=torch.channels_last)
         step(xb, y_all[idx])
 

@@ -119,72 +119,93 @@ def raw_peaks(heatmaps) -> np.ndarray:
     return np.asarray(heatmaps.raw_peak, np.float32)
 
 
+def threshold_counts(heatmaps: np.ndarray, gt: np.ndarray, thresholds, heads: np.ndarray | None = None,
+                     chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice and threshold: |mask and truth| and |mask| for ``heatmap >= t`` (N x T each), in one pass.
+
+    Works in chunks of slices, so memory stays bounded (chunk x pixels x thresholds booleans).
+    """
+    thresholds = np.asarray([check_threshold(t) for t in thresholds], np.float32)
+    n = len(gt)
+    inter = np.zeros((n, len(thresholds)), np.int64)
+    pred = np.zeros((n, len(thresholds)), np.int64)
+    for start in range(0, n, chunk):
+        i = slice(start, start + chunk)
+        h = np.asarray(heatmaps[i], np.float32).reshape(len(gt[i]), -1)
+        if heads is not None:
+            h = np.where(heads[i].reshape(len(h), -1), h, -1.0)  # outside the head: never above a threshold
+        above = h[:, :, None] >= thresholds  # slices x pixels x thresholds
+        inter[i] = (above & gt[i].reshape(len(h), -1)[:, :, None]).sum(1)
+        pred[i] = above.sum(1)
+    return inter, pred
+
+
 def threshold_curve(heatmaps: np.ndarray, gt: np.ndarray, thresholds, heads: np.ndarray | None = None,
                     probs: np.ndarray | None = None, prob_gate: float = 0.0, chunk: int = 64) -> np.ndarray:
     """Mean-Dice (tumour slices) for every fixed threshold at once, without clean-up.
 
-    Equals ``mean_dice(to_masks(heatmaps, 'threshold', t, heads, probs, prob_gate), gt)`` for each t,
-    computed in one pass over the slices (in chunks, so memory stays bounded).
+    Equals ``mean_dice(to_masks(heatmaps, 'threshold', t, heads, probs, prob_gate), gt)`` for each t.
     """
-    thresholds = np.asarray([check_threshold(t) for t in thresholds], np.float32)
     has = gt.reshape(len(gt), -1).any(1)
     if not has.any():
         return np.full(len(thresholds), np.nan)
-    idx = np.flatnonzero(has)
-    keep = np.ones(len(gt), bool) if probs is None or prob_gate <= 0 else np.asarray(probs) >= prob_gate
-    total = np.zeros(len(thresholds))
-    for start in range(0, len(idx), chunk):
-        i = idx[start:start + chunk]
-        h = np.asarray(heatmaps[i], np.float32).reshape(len(i), -1)
-        if heads is not None:
-            h = np.where(heads[i].reshape(len(i), -1), h, -1.0)  # outside the head: never above a threshold
-        g = gt[i].reshape(len(i), -1)
-        above = h[:, :, None] >= thresholds  # slices x pixels x thresholds
-        inter = (above & g[:, :, None]).sum(1)
-        pred = above.sum(1)
-        inter[~keep[i]] = 0
-        pred[~keep[i]] = 0
-        total += (2 * inter / (pred + g.sum(1)[:, None])).sum(0)
-    return total / len(idx)
+    inter, pred = threshold_counts(heatmaps[has], gt[has], thresholds, None if heads is None else heads[has], chunk)
+    if probs is not None and prob_gate > 0:
+        off = np.asarray(probs)[has] < prob_gate
+        inter[off], pred[off] = 0, 0
+    g = gt[has].reshape(has.sum(), -1).sum(1)[:, None]
+    return (2 * inter / (pred + g)).mean(0)
 
 
 def sweep(
     heatmaps: np.ndarray, gt: np.ndarray, heads: np.ndarray, probs: np.ndarray, thresholds, top_ks,
-    head_gates=(False, True), prob_gates=(0.0, 0.5), cleanups=(False,),
+    head_gates=(False, True), prob_gates=(0.0, 0.5), cleanups=(False,), patients: np.ndarray | None = None,
 ) -> list[dict]:
-    """Mean-Dice of every (rule, value, head gate, probability gate, clean-up) on one split.
+    """Mean-Dice (and, given ``patients``, patient Dice) of every (rule, value, head gate, classifier
+    gate, clean-up) on one split.
 
-    Each mask set is made once per head gate; the classifier gate only empties whole slices, so
-    its effect is applied to the per-slice Dice afterwards (a gated tumour slice scores 0).
+    Each mask set is made once per head gate and clean-up; the classifier gate only empties whole
+    slices, so it is applied to the per-slice counts afterwards.
     """
-    from .metrics import dice
-
     has = gt.reshape(len(gt), -1).any(1)
     if not has.any():
         raise SegmentError("this split has no tumour slice: mean-Dice is undefined, nothing to choose a threshold on")
-    h_t, gt_t = np.asarray(heatmaps, np.float32)[has], gt[has]
-    probs_t = None if probs is None else np.asarray(probs)[has]
+    h = np.asarray(heatmaps, np.float32)
+    g = gt.reshape(len(gt), -1).sum(1)
+    if patients is not None:
+        codes, pid = np.unique(np.asarray(patients), return_inverse=True)
+        g_pat = np.bincount(pid, g, len(codes))
+
+    def counts(masks):
+        flat = masks.reshape(len(masks), -1)
+        return (flat & gt.reshape(len(gt), -1)).sum(1), flat.sum(1)
+
     rows = []
     for head in head_gates:
-        hd = heads[has] if head else None
+        hd = heads if head else None
         for cleanup in cleanups:
-            per_slice = {}  # (rule, value) -> per-slice Dice without the classifier gate
-            if not cleanup:
-                for gate in prob_gates:
-                    curve = threshold_curve(h_t, gt_t, thresholds, hd, probs_t, gate)
-                    rows += [{"rule": "threshold", "value": float(t), "head_gate": head, "prob_gate": gate,
-                              "cleanup": cleanup, "mean_dice": float(d)} for t, d in zip(thresholds, curve)]
-            else:
+            sets = {}  # (rule, value) -> per-slice (|mask and truth|, |mask|) without the classifier gate
+            if cleanup:
                 for t in thresholds:
-                    per_slice[("threshold", float(t))] = dice(to_masks(h_t, "threshold", t, hd, cleanup=True), gt_t)
-            per_slice[("otsu", 0.0)] = dice(to_masks(h_t, "otsu", 0, hd, cleanup=cleanup), gt_t)
-            for k, m in zip(top_ks, top_k_masks(h_t, top_ks, hd)):
-                per_slice[("top_k", float(k))] = dice(clean_all(m) if cleanup else m, gt_t)
+                    sets[("threshold", float(t))] = counts(to_masks(h, "threshold", t, hd, cleanup=True))
+            else:
+                inter, pred = threshold_counts(h, gt, thresholds, hd)
+                for j, t in enumerate(thresholds):
+                    sets[("threshold", float(t))] = (inter[:, j], pred[:, j])
+            sets[("otsu", 0.0)] = counts(to_masks(h, "otsu", 0, hd, cleanup=cleanup))
+            for k, m in zip(top_ks, top_k_masks(h, top_ks, hd)):
+                sets[("top_k", float(k))] = counts(clean_all(m) if cleanup else m)
             for gate in prob_gates:
-                keep = np.ones(len(gt_t), bool) if probs_t is None or gate <= 0 else probs_t >= gate
-                for (rule, value), d in per_slice.items():
-                    rows.append({"rule": rule, "value": value, "head_gate": head, "prob_gate": gate,
-                                 "cleanup": cleanup, "mean_dice": float(np.mean(np.where(keep, d, 0.0)))})
+                keep = np.ones(len(gt), bool) if probs is None or gate <= 0 else np.asarray(probs) >= gate
+                for (rule, value), (inter, pred) in sets.items():
+                    inter, pred = np.where(keep, inter, 0), np.where(keep, pred, 0)
+                    row = {"rule": rule, "value": value, "head_gate": head, "prob_gate": gate, "cleanup": cleanup,
+                           "mean_dice": float(np.mean(2 * inter[has] / (pred[has] + g[has])))}
+                    if patients is not None:
+                        i_p, p_p = np.bincount(pid, inter, len(codes)), np.bincount(pid, pred, len(codes))
+                        ok = p_p + g_pat > 0
+                        row["patient_dice"] = float(np.mean(2 * i_p[ok] / (p_p[ok] + g_pat[ok]))) if ok.any() else float("nan")
+                    rows.append(row)
     return rows
 
 

@@ -101,11 +101,12 @@ class Normalise(nn.Module):
 def augment_batch(x: torch.Tensor, gen: torch.Generator, masks: torch.Tensor | None = None):
     """Random flips, rotations (+-10 deg), shifts (+-6 %), scalings (0.9-1.1), intensity jitter.
 
-    ``x`` is float 0..1, N x 3 x H x W, on any device; randomness comes from ``gen`` (on the CPU).
+    ``x`` is float 0..1, N x 3 x H x W; randomness comes from ``gen``, a generator on x's device
+    (drawing on the device avoids a blocking host-to-device copy every step on a GPU).
     With ``masks`` (float N x 1 x H x W) the same geometry moves them too: returns (x, masks).
     """
     n = x.shape[0]
-    r = torch.rand(n, 8, generator=gen).to(x.device)
+    r = torch.rand(n, 8, generator=gen, device=x.device)
     flip = torch.where(r[:, 0] < 0.5, -1.0, 1.0)
     ang = (r[:, 1] - 0.5) * 2 * math.radians(10)
     scale = 0.9 + 0.2 * r[:, 2]
@@ -114,7 +115,7 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, masks: torch.Tensor | N
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    gain = 1 + (torch.rand(n, 3, 1, 1, generator=gen).to(x.device) - 0.5) * 0.2
+    gain = 1 + (torch.rand(n, 3, 1, 1, generator=gen, device=x.device) - 0.5) * 0.2
     x = (x * gain + (r[:, 5].view(n, 1, 1, 1) - 0.5) * 0.1 * (x > 0)).clamp(0, 1)
     if masks is None:
         return x
@@ -172,7 +173,8 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.2
     )
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)  # epoch order, on the CPU
+    aug_gen = torch.Generator(device=device).manual_seed(config.seed)  # augmentation, on the device
     use_amp = config.amp and device.type == "cuda"
     record = {
         "arch": config.arch, "image_size": int(train.images.shape[1]), "norm_mean": mean, "norm_std": std,
@@ -190,6 +192,7 @@ def train_classifier(
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             gen.set_state(state["generator"])
+            aug_gen.set_state(state["aug_generator"].to(aug_gen.get_state().device))
             history, best, start_epoch = state["history"], state["best"], state["epoch"]
             torch.set_rng_state(state["torch_rng"])
     t0 = time.perf_counter()
@@ -198,12 +201,15 @@ def train_classifier(
         perm = torch.randperm(len(x_train), generator=gen).to(device)
         bar = tqdm(range(steps_per_epoch), desc=f"{config.arch} epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=False)
-        tot_loss = tot_correct = seen = 0
+        # running sums stay on the device; reading them (a sync) only every few steps keeps a GPU busy
+        tot_loss = torch.zeros((), device=device)
+        tot_correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
         for step in bar:
             idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
             xb = x_train[idx].float() / 255
             if config.augment:
-                xb = augment_batch(xb, gen)
+                xb = augment_batch(xb, aug_gen)
             xb, yb = norm(xb), y_train[idx]
             if device.type == "cuda":
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -214,10 +220,12 @@ def train_classifier(
             loss.backward()
             opt.step()
             sched.step()
-            tot_loss += loss.item() * len(idx)
-            tot_correct += (logits.argmax(1) == yb).sum().item()
+            tot_loss += loss.detach() * len(idx)
+            tot_correct += (logits.argmax(1) == yb).sum()
             seen += len(idx)
-            bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{tot_correct / seen:.3f}")
+            if progress and (step % 10 == 9 or step == steps_per_epoch - 1):
+                bar.set_postfix(loss=f"{tot_loss.item() / seen:.3f}", acc=f"{tot_correct.item() / seen:.3f}")
+        tot_loss, tot_correct = tot_loss.item(), tot_correct.item()
         p_val = predict(model, norm, x_val, config.batch_size * 2, use_amp)
         vm = classification_metrics(y_val, p_val)
         val_loss = float(F.binary_cross_entropy(torch.tensor(p_val).clamp(1e-6, 1 - 1e-6), torch.tensor(y_val).float()))
@@ -231,7 +239,8 @@ def train_classifier(
             best = {"epoch": epoch + 1, "val_auc": vm["auc"], "val_loss": val_loss, "val_acc": vm["accuracy"]}
             _save(out_dir / "best.pt", {**record, "model": model.state_dict(), "best": best})
         _save(last_path, {"record": record, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "generator": gen.get_state(), "history": history,
+                          "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                          "aug_generator": aug_gen.get_state(), "history": history,
                           "best": best, "epoch": epoch + 1, "torch_rng": torch.get_rng_state()})
     ckpt = torch.load(out_dir / "best.pt", map_location="cpu", weights_only=False)
     ckpt["history"] = history

@@ -92,21 +92,23 @@ def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 
     steps = math.ceil(len(x) / batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.2)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # epoch order, on the CPU
+    aug_gen = torch.Generator(device=dev).manual_seed(seed)  # augmentation, on the device
     best, history, t0 = None, [], time.perf_counter()
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(x), generator=gen).to(dev)
-        total = 0.0
+        total = torch.zeros((), device=dev)
         for s in tqdm(range(steps), desc=f"U-Net epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
             idx = perm[s * batch_size:(s + 1) * batch_size]
-            xb, yb = augment_batch(x[idx].float() / 255, gen, y[idx].float()[:, None])
+            xb, yb = augment_batch(x[idx].float() / 255, aug_gen, y[idx].float()[:, None])
             loss = _loss(model(norm(xb)), yb[:, 0])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += loss.item() * len(idx)
+            total += loss.detach() * len(idx)  # summed on the device: no sync per step
+        total = total.item()
         vd = mean_dice(predict_masks(model, norm, val.images), np.asarray(val.masks))
         history.append({"epoch": epoch + 1, "train_loss": total / len(x), "val_mean_dice": vd,
                         "seconds": time.perf_counter() - t0})

@@ -153,11 +153,13 @@ def test_fast_sweep_equals_masks_one_by_one():
     heads = np.ones_like(gt)
     heads[:, :, :3] = False
     probs = rng.random(len(gt))
-    rows = segment.sweep(h, gt, heads, probs, [0.2, 0.6], [2, 10], (False, True), (0.0, 0.5), (False, True))
+    patients = np.repeat(["p1", "p2", "p3"], 8)
+    rows = segment.sweep(h, gt, heads, probs, [0.2, 0.6], [2, 10], (False, True), (0.0, 0.5), (False, True), patients)
     assert len(rows) == 2 * 2 * 2 * (2 + 1 + 2)
     for r in rows:
         m = segment.to_masks(h, r["rule"], r["value"], heads if r["head_gate"] else None, probs, r["prob_gate"],
                              r["cleanup"])
         assert r["mean_dice"] == pytest.approx(metrics.mean_dice(m, gt)), r
+        assert r["patient_dice"] == pytest.approx(metrics.patient_dice(m, gt, patients).mean()), r
     for k, m in zip([1, 5, 50], segment.top_k_masks(h, [1, 5, 50], heads)):
         assert np.array_equal(m, segment.to_masks(h, "top_k", k, heads))
