@@ -11,7 +11,6 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
@@ -27,8 +26,13 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check camseg_utils tests benchmarks
 
+# CPU benchmarks (each prints its figures; the LGG ones need ../shared/data/lgg/kaggle_3m or --root)
 bench: setup
 	$(PY) benchmarks/bench_load_lgg.py
+	$(PY) benchmarks/bench_train.py --archs small_cnn resnet18
+	$(PY) benchmarks/bench_cams.py
+	$(PY) benchmarks/bench_heatmaps_lgg.py
+	$(PY) benchmarks/bench_evaluate.py
 
 clean-runs:
 	rm -rf runs
