@@ -8,7 +8,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from skimage.segmentation import find_boundaries
 
 from .io import atomic_path
 
@@ -53,10 +52,6 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, cmap: s
     """An RGB float image: ``heatmap`` in [0, 1] blended over a uint8 image."""
     colours = plt.get_cmap(cmap)(np.clip(heatmap, 0, 1))[..., :3]
     return np.clip((1 - alpha) * image / 255.0 + alpha * colours, 0, 1)
-
-
-def boundaries(mask: np.ndarray) -> np.ndarray:
-    return find_boundaries(mask, mode="inner")
 
 
 def tumour_sizes(manifest: pd.DataFrame, path: str | Path | None = None) -> plt.Figure:
