@@ -24,7 +24,7 @@ ap.add_argument("--batches", type=int, default=3, help="timed batches per measur
 ap.add_argument("--device", default="auto")
 args = ap.parse_args()
 device = train.resolve_device(args.device)
-name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+name = train.device_name(device)
 print(f"device: {name}; size {args.size}, batch {args.batch}, layer {args.layer}")
 
 

@@ -26,7 +26,7 @@ ap.add_argument("--batch", type=int, default=32)
 ap.add_argument("--device", default="auto")
 args = ap.parse_args()
 dev = train.resolve_device(args.device)
-name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+name = train.device_name(dev)
 ds = data.load_lgg(args.root, size=args.size, progress=False)
 print(f"device: {name}; {len(ds)} slices at {args.size} x {args.size}, {args.method} @ {args.layer}, batch {args.batch}")
 for arch in args.archs:

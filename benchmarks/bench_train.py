@@ -23,7 +23,7 @@ ap.add_argument("--steps", type=int, default=20)
 ap.add_argument("--device", default="auto")
 args = ap.parse_args()
 dev = train.resolve_device(args.device)
-name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+name = train.device_name(dev)
 ds = data.generate_synthetic(n_patients=30, size=args.size, seed=0)
 print(f"device: {name}; size {args.size}, batch {args.batch}, {args.steps} steps per measurement")
 

@@ -314,7 +314,8 @@ def cached_heatmaps(
     arch = ckpt["arch"]
     names = parse_layers(arch, layers) if method not in BASELINES else ["image"]
     key = f"{method}__{'+'.join(names)}__{fuse}__{split}"
-    entry = Path(run_dir) / "heatmaps" / f"{arch}-{checkpoint_id(checkpoint)}" / key
+    ckpt_id = checkpoint_id(checkpoint)
+    entry = Path(run_dir) / "heatmaps" / f"{arch}-{ckpt_id}" / key
     if (entry / "meta.json").exists():
         meta = read_json(entry / "meta.json")
         if (meta.get("format") == CACHE_FORMAT and meta["n"] == len(images)
@@ -340,7 +341,7 @@ def cached_heatmaps(
         raw.flush()
         del heat, raw, raw32
         (tmp / "raw32.npy").unlink()
-        meta = {"arch": arch, "checkpoint": str(checkpoint), "checkpoint_id": checkpoint_id(checkpoint),
+        meta = {"arch": arch, "checkpoint": str(checkpoint), "checkpoint_id": ckpt_id,
                 "method": method, "layers": names, "fuse": fuse, "split": split, "n": n, "size": [h, w],
                 "engine": engine, "format": CACHE_FORMAT}
         write_json(tmp / "meta.json", meta)

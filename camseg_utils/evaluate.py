@@ -75,7 +75,7 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
                               batch_size, dev, seed=int(best.get("seed", 0)), progress=progress,
                               loader=lambda: (model, norm, ckpt))
     cam_masks = _apply(hm, best, heads, probs)
-    net, unorm, _ = _load_unet(run_dir / "models" / "unet" / "best.pt", dev)
+    net, unorm, _ = unet.load_unet(run_dir / "models" / "unet" / "best.pt", dev)
     unet_masks = unet.predict_masks(net, unorm, ds.images, batch_size)
 
     # outputs: masks as PNG beside an index of what was read (paths only, no copies of the images)
@@ -117,15 +117,6 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
     write_json(out_dir / "metrics.json", result)
     _write_report(out_dir, result)
     return result
-
-
-def _load_unet(path: Path, dev):
-    import torch
-
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    net = unet.UNet(ck["config"]["width"]).to(dev)
-    net.load_state_dict(ck["model"])
-    return net.eval(), train.Normalise(ck["norm_mean"], ck["norm_std"]).to(dev), ck
 
 
 def _write_report(out_dir: Path, r: dict) -> None:

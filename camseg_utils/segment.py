@@ -75,15 +75,7 @@ def to_masks(
             if vals.size and vals.max() > vals.min():
                 out[i] = hm > threshold_otsu(vals)
     elif rule == "top_k":
-        if not 0 < value <= 100:
-            raise SegmentError(f"top_k value={value}: expected a percentage in (0, 100]")
-        out = np.zeros(h.shape, bool)
-        for i, hm in enumerate(h):
-            vals = hm[heads[i]] if heads is not None else hm.ravel()
-            if vals.size:
-                k = max(1, int(round(vals.size * value / 100)))
-                cut = np.partition(vals, vals.size - k)[vals.size - k]
-                out[i] = (hm >= cut) & (hm > 0)
+        out = top_k_masks(h, [value], heads)[0]
     else:
         raise SegmentError(f"unknown rule {rule!r}; expected one of {RULES}")
     if heads is not None:
@@ -93,7 +85,7 @@ def to_masks(
             raise SegmentError(f"{len(probs)} probabilities for {len(out)} heatmaps")
         out[np.asarray(probs) < prob_gate] = False
     if cleanup:
-        out = np.stack([clean(m) for m in out]) if len(out) else out
+        out = clean_all(out)
     return out
 
 
@@ -138,23 +130,6 @@ def threshold_counts(heatmaps: np.ndarray, gt: np.ndarray, thresholds, heads: np
         inter[i] = (above & gt[i].reshape(len(h), -1)[:, :, None]).sum(1)
         pred[i] = above.sum(1)
     return inter, pred
-
-
-def threshold_curve(heatmaps: np.ndarray, gt: np.ndarray, thresholds, heads: np.ndarray | None = None,
-                    probs: np.ndarray | None = None, prob_gate: float = 0.0, chunk: int = 64) -> np.ndarray:
-    """Mean-Dice (tumour slices) for every fixed threshold at once, without clean-up.
-
-    Equals ``mean_dice(to_masks(heatmaps, 'threshold', t, heads, probs, prob_gate), gt)`` for each t.
-    """
-    has = gt.reshape(len(gt), -1).any(1)
-    if not has.any():
-        return np.full(len(thresholds), np.nan)
-    inter, pred = threshold_counts(heatmaps[has], gt[has], thresholds, None if heads is None else heads[has], chunk)
-    if probs is not None and prob_gate > 0:
-        off = np.asarray(probs)[has] < prob_gate
-        inter[off], pred[off] = 0, 0
-    g = gt[has].reshape(has.sum(), -1).sum(1)[:, None]
-    return (2 * inter / (pred + g)).mean(0)
 
 
 def sweep(

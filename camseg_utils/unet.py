@@ -67,6 +67,14 @@ def predict_masks(model: nn.Module, norm: Normalise, images: np.ndarray, batch_s
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], bool)
 
 
+def load_unet(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Normalise, dict]:
+    """A trained U-Net from its ``best.pt``: (model in eval mode, normalisation, checkpoint)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = UNet(ckpt["config"]["width"]).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), Normalise(ckpt["norm_mean"], ckpt["norm_std"]).to(device), ckpt
+
+
 def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 10, batch_size: int = 16,
                lr: float = 3e-3, width: int = 16, seed: int = 0, device: str = "auto", split_hash: str = "",
                progress: bool = True) -> tuple[nn.Module, Normalise, dict]:
@@ -78,12 +86,8 @@ def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
               "image_size": int(train.images.shape[1]), "split_hash": split_hash}
     path = out_dir / "best.pt"
-    if path.exists():
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if ckpt["config"] == config:
-            model = UNet(width).to(dev)
-            model.load_state_dict(ckpt["model"])
-            return model.eval(), Normalise(ckpt["norm_mean"], ckpt["norm_std"]).to(dev), ckpt
+    if path.exists() and torch.load(path, map_location="cpu", weights_only=False)["config"] == config:
+        return load_unet(path, dev)
     seed_everything(seed)
     mean, std = channel_stats(train.images)
     norm = Normalise(mean, std).to(dev)
