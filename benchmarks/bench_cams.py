@@ -51,11 +51,12 @@ def rate(fn, x, repeats=3):
 rows = []
 for arch in args.archs:
     torch.manual_seed(0)
-    model = models.build_model(arch).to(device).eval()
+    # channels-last, as compute_heatmaps runs it; floor, fast path and library share the layout
+    model = models.build_model(arch).to(device).eval().to(memory_format=torch.channels_last)
     norm = train.Normalise([0.5] * 3, [0.25] * 3).to(device)
     net = cams._Classifier(model, norm).eval()
     layers = [models.get_layer(model, arch, args.layer)]
-    x = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    x = torch.rand(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=torch.channels_last)
     for method in args.methods:
         # the floor is timed right beside each fast-path timing, so both see the same clocks
         floor = rate(lambda v: cams.activations_and_gradients(net, layers, v), x)
