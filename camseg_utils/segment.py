@@ -111,40 +111,102 @@ def raw_peaks(heatmaps) -> np.ndarray:
     return np.asarray(heatmaps.raw_peak, np.float32)
 
 
-def threshold_counts(heatmaps: np.ndarray, gt: np.ndarray, thresholds, heads: np.ndarray | None = None,
-                     chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Per slice and threshold: |mask and truth| and |mask| for ``heatmap >= t`` (N x T each), in one pass.
+def _device(device) -> "torch.device":
+    import torch
 
-    Works in chunks of slices, so memory stays bounded (chunk x pixels x thresholds booleans).
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def _top_k_cuts(asc, inside, ks):
+    """Per row the value of the k %-th highest pixel inside the head, for each k (n x K), and the head's size.
+
+    ``asc``: each row's values sorted ascending with the pixels outside the head set to -inf.
     """
-    thresholds = np.asarray([check_threshold(t) for t in thresholds], np.float32)
-    n = len(gt)
-    inter = np.zeros((n, len(thresholds)), np.int64)
-    pred = np.zeros((n, len(thresholds)), np.int64)
+    import torch
+
+    size = inside.sum(1)
+    cuts = []
+    for k in ks:
+        if not 0 < k <= 100:
+            raise SegmentError(f"top_k value={k}: expected a percentage in (0, 100]")
+        count = torch.round(size.double() * k / 100).long().clamp(1, asc.shape[1])  # numpy's round half to even too
+        cuts.append(asc.gather(1, asc.shape[1] - count[:, None])[:, 0])
+    return torch.stack(cuts, 1) if cuts else asc.new_zeros((len(asc), 0)), size
+
+
+def _chunks(heatmaps, gt, heads, chunk, dev):
+    """(slice range, heatmaps n x P float32, truth n x P, head n x P or None), as torch tensors on ``dev``."""
+    import torch
+
+    n = len(heatmaps)
     for start in range(0, n, chunk):
-        i = slice(start, start + chunk)
-        h = np.asarray(heatmaps[i], np.float32).reshape(len(gt[i]), -1)
-        if heads is not None:
-            h = np.where(heads[i].reshape(len(h), -1), h, -1.0)  # outside the head: never above a threshold
-        above = h[:, :, None] >= thresholds  # slices x pixels x thresholds
-        inter[i] = (above & gt[i].reshape(len(h), -1)[:, :, None]).sum(1)
-        pred[i] = above.sum(1)
+        i = slice(start, min(start + chunk, n))
+        m = i.stop - i.start
+        h = torch.from_numpy(np.asarray(heatmaps[i], np.float32).reshape(m, -1)).to(dev)
+        g = torch.from_numpy(np.ascontiguousarray(gt[i]).reshape(m, -1)).to(dev) if gt is not None else None
+        hd = torch.from_numpy(np.ascontiguousarray(heads[i]).reshape(m, -1)).to(dev) if heads is not None else None
+        yield i, h, g, hd
+
+
+def mask_counts(heatmaps: np.ndarray, gt: np.ndarray, thresholds=(), top_ks=(), heads: np.ndarray | None = None,
+                chunk: int = 64, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice: |mask and truth| and |mask| (N x (T + K) each) for every ``heatmap >= t`` and every top-k
+    mask (as :func:`to_masks` makes them, without gates), without materialising any mask.
+
+    Each slice's values are sorted once; every mask is then a suffix of that order, so its size is
+    a ``searchsorted`` and its overlap with the truth a suffix sum. Works in chunks of slices on
+    ``device`` (a torch device; the CPU by default).
+    """
+    import torch
+
+    dev = _device(device)
+    t = torch.tensor([check_threshold(v) for v in thresholds], dtype=torch.float32, device=dev)
+    inter = np.zeros((len(gt), len(t) + len(top_ks)), np.int64)
+    pred = np.zeros_like(inter)
+    for i, h, g, hd in _chunks(heatmaps, gt, heads, chunk, dev):
+        m, p = h.shape
+        inside = hd if hd is not None else torch.ones_like(h, dtype=torch.bool)
+        asc, order = torch.where(inside, h, float("-inf")).sort(dim=1)  # outside the head first, never counted
+        suffix = torch.cat([g.gather(1, order).int().flip(1).cumsum(1).flip(1), asc.new_zeros((m, 1), dtype=torch.int)], 1)
+        pos = [torch.searchsorted(asc, t.expand(m, -1).contiguous())]  # first position >= each threshold
+        if len(top_ks):
+            cuts, size = _top_k_cuts(asc, inside, top_ks)
+            # top k: value >= the cut and > 0; nothing on a slice with an empty head
+            at_cut = torch.searchsorted(asc, cuts.contiguous())
+            above0 = torch.searchsorted(asc, asc.new_zeros((m, 1)), right=True).expand_as(at_cut)
+            k_pos = torch.where(cuts > 0, at_cut, torch.maximum(at_cut, above0))
+            pos.append(torch.where(size[:, None] > 0, k_pos, p))
+        pos = torch.cat(pos, 1)
+        pred[i] = (p - pos).cpu().numpy()
+        inter[i] = suffix.gather(1, pos).cpu().numpy()
     return inter, pred
+
+
+def threshold_counts(heatmaps: np.ndarray, gt: np.ndarray, thresholds, heads: np.ndarray | None = None,
+                     chunk: int = 64, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice and threshold: |mask and truth| and |mask| for ``heatmap >= t`` (N x T each), in one pass."""
+    return mask_counts(heatmaps, gt, thresholds, (), heads, chunk, device)
 
 
 def sweep(
     heatmaps: np.ndarray, gt: np.ndarray, heads: np.ndarray, probs: np.ndarray, thresholds, top_ks,
     head_gates=(False, True), prob_gates=(0.0, 0.5), cleanups=(False,), patients: np.ndarray | None = None,
+    device=None, select_by: str = "mean_dice", refine: int | None = 5,
 ) -> list[dict]:
     """Mean-Dice (and, given ``patients``, patient Dice) of every (rule, value, head gate, classifier
     gate, clean-up) on one split.
 
-    Each mask set is made once per head gate and clean-up; the classifier gate only empties whole
-    slices, so it is applied to the per-slice counts afterwards.
+    Mask counts are made once per head gate on ``device`` (see :func:`mask_counts`); the classifier
+    gate only empties whole slices, so it is applied to the per-slice counts afterwards. Clean-up
+    works slice by slice on the CPU and costs far more than everything else, so with ``refine`` it
+    is tried only on the ``refine`` best settings without it (by ``select_by``); ``refine=None``
+    tries it on every setting.
     """
     has = gt.reshape(len(gt), -1).any(1)
     if not has.any():
         raise SegmentError("this split has no tumour slice: mean-Dice is undefined, nothing to choose a threshold on")
+    if select_by not in ("mean_dice", "patient_dice") or (select_by == "patient_dice" and patients is None):
+        raise SegmentError(f"select_by={select_by!r}: expected 'mean_dice', or 'patient_dice' with patients given")
     h = np.asarray(heatmaps, np.float32)
     g = gt.reshape(len(gt), -1).sum(1)
     if patients is not None:
@@ -155,32 +217,43 @@ def sweep(
         flat = masks.reshape(len(masks), -1)
         return (flat & gt.reshape(len(gt), -1)).sum(1), flat.sum(1)
 
+    def score(sets, head, cleanup):
+        rows = []
+        for gate in prob_gates:
+            keep = np.ones(len(gt), bool) if probs is None or gate <= 0 else np.asarray(probs) >= gate
+            for (rule, value), (inter, pred) in sets.items():
+                inter, pred = np.where(keep, inter, 0), np.where(keep, pred, 0)
+                row = {"rule": rule, "value": value, "head_gate": head, "prob_gate": gate, "cleanup": cleanup,
+                       "mean_dice": float(np.mean(2 * inter[has] / (pred[has] + g[has])))}
+                if patients is not None:
+                    i_p, p_p = np.bincount(pid, inter, len(codes)), np.bincount(pid, pred, len(codes))
+                    ok = p_p + g_pat > 0
+                    row["patient_dice"] = float(np.mean(2 * i_p[ok] / (p_p[ok] + g_pat[ok]))) if ok.any() else float("nan")
+                rows.append(row)
+        return rows
+
     rows = []
     for head in head_gates:
         hd = heads if head else None
-        for cleanup in cleanups:
-            sets = {}  # (rule, value) -> per-slice (|mask and truth|, |mask|) without the classifier gate
-            if cleanup:
-                for t in thresholds:
-                    sets[("threshold", float(t))] = counts(to_masks(h, "threshold", t, hd, cleanup=True))
-            else:
-                inter, pred = threshold_counts(h, gt, thresholds, hd)
-                for j, t in enumerate(thresholds):
-                    sets[("threshold", float(t))] = (inter[:, j], pred[:, j])
-            sets[("otsu", 0.0)] = counts(to_masks(h, "otsu", 0, hd, cleanup=cleanup))
-            for k, m in zip(top_ks, top_k_masks(h, top_ks, hd)):
-                sets[("top_k", float(k))] = counts(clean_all(m) if cleanup else m)
-            for gate in prob_gates:
-                keep = np.ones(len(gt), bool) if probs is None or gate <= 0 else np.asarray(probs) >= gate
-                for (rule, value), (inter, pred) in sets.items():
-                    inter, pred = np.where(keep, inter, 0), np.where(keep, pred, 0)
-                    row = {"rule": rule, "value": value, "head_gate": head, "prob_gate": gate, "cleanup": cleanup,
-                           "mean_dice": float(np.mean(2 * inter[has] / (pred[has] + g[has])))}
-                    if patients is not None:
-                        i_p, p_p = np.bincount(pid, inter, len(codes)), np.bincount(pid, pred, len(codes))
-                        ok = p_p + g_pat > 0
-                        row["patient_dice"] = float(np.mean(2 * i_p[ok] / (p_p[ok] + g_pat[ok]))) if ok.any() else float("nan")
-                    rows.append(row)
+        inter, pred = mask_counts(h, gt, thresholds, top_ks, hd, device=device)
+        keys = [("threshold", float(t)) for t in thresholds] + [("top_k", float(k)) for k in top_ks]
+        sets = {key: (inter[:, j], pred[:, j]) for j, key in enumerate(keys)}
+        sets[("otsu", 0.0)] = counts(to_masks(h, "otsu", 0, hd))
+        rows += score(sets, head, False)
+    if True in [bool(c) for c in cleanups]:
+        plain = sorted(rows, key=lambda r: -r[select_by])
+        todo = []  # (rule, value, head gate) settings to try with clean-up
+        for r in plain:
+            key = (r["rule"], r["value"], r["head_gate"])
+            if key not in todo and (refine is None or len(todo) < refine):
+                todo.append(key)
+        for head in head_gates:
+            hd = heads if head else None
+            sets = {(rule, value): counts(to_masks(h, rule, value, hd, cleanup=True))
+                    for rule, value, hg in todo if hg == head}
+            rows += score(sets, head, True)
+    if False not in [bool(c) for c in cleanups]:
+        rows = [r for r in rows if r["cleanup"]]
     return rows
 
 
@@ -188,20 +261,20 @@ def clean_all(masks: np.ndarray) -> np.ndarray:
     return np.stack([clean(m) for m in masks]) if len(masks) else masks
 
 
-def top_k_masks(heatmaps: np.ndarray, ks, heads: np.ndarray | None = None) -> list[np.ndarray]:
+def top_k_masks(heatmaps: np.ndarray, ks, heads: np.ndarray | None = None, device=None,
+                chunk: int = 64) -> list[np.ndarray]:
     """``to_masks(heatmaps, 'top_k', k, heads)`` for several k with one sort of each slice's values."""
+    import torch
+
     h = np.asarray(heatmaps, np.float32)
-    n = len(h)
-    flat = h.reshape(n, -1)
-    inside = np.ones(flat.shape, bool) if heads is None else heads.reshape(n, -1)
-    ranked = np.sort(np.where(inside, flat, -np.inf), axis=1)[:, ::-1]  # descending, outside the head last
-    size = inside.sum(1)
-    out = []
+    out = [np.zeros(h.shape, bool) for _ in ks]
     for k in ks:
         if not 0 < k <= 100:
             raise SegmentError(f"top_k value={k}: expected a percentage in (0, 100]")
-        count = np.maximum(1, np.round(size * k / 100).astype(int))
-        cut = ranked[np.arange(n), np.minimum(count, flat.shape[1]) - 1]
-        m = (flat >= cut[:, None]) & (flat > 0) & inside & (size[:, None] > 0)
-        out.append(m.reshape(h.shape))
+    for i, ht, _, hd in _chunks(h, None, heads, chunk, _device(device)):
+        inside = hd if hd is not None else ht.new_ones(ht.shape, dtype=bool)
+        cuts, size = _top_k_cuts(torch.where(inside, ht, float("-inf")).sort(dim=1).values, inside, ks)
+        for j in range(len(ks)):
+            m = (ht >= cuts[:, j:j + 1]) & (ht > 0) & inside & (size[:, None] > 0)
+            out[j][i] = m.cpu().numpy().reshape((-1,) + h.shape[1:])
     return out

@@ -3,7 +3,7 @@
 Our design decisions: a 4-level U-Net (``width`` channels at full resolution, doubling per
 level), batch norm, bilinear up-sampling; loss = BCE + soft Dice; the same on-device
 augmentation as the classifiers (geometry applied to image and mask alike); AdamW with a
-one-cycle schedule; the epoch with the best validation mean-Dice is kept.
+one-cycle schedule; bfloat16 autocast on CUDA; the epoch with the best validation mean-Dice is kept.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def predict_masks(model: nn.Module, norm: Normalise, images: np.ndarray, batch_s
     out = []
     for i in range(0, len(images), batch_size):
         xb = norm(to_tensor(np.asarray(images[i:i + batch_size]), device))
-        out.append((model(xb) > 0).cpu().numpy())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append((model(xb).float() > 0).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], bool)
 
 
@@ -106,7 +107,9 @@ def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 
         for s in tqdm(range(steps), desc=f"U-Net epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
             idx = perm[s * batch_size:(s + 1) * batch_size]
             xb, yb = augment_batch(x[idx].float() / 255, aug_gen, y[idx].float()[:, None])
-            loss = _loss(model(norm(xb)), yb[:, 0])
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):  # as the classifiers
+                logits = model(norm(xb))
+            loss = _loss(logits.float(), yb[:, 0])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -155,7 +155,8 @@ def test_fast_sweep_equals_masks_one_by_one():
     heads[:, :, :3] = False
     probs = rng.random(len(gt))
     patients = np.repeat(["p1", "p2", "p3"], 8)
-    rows = segment.sweep(h, gt, heads, probs, [0.2, 0.6], [2, 10], (False, True), (0.0, 0.5), (False, True), patients)
+    rows = segment.sweep(h, gt, heads, probs, [0.2, 0.6], [2, 10], (False, True), (0.0, 0.5), (False, True), patients,
+                         refine=None)
     assert len(rows) == 2 * 2 * 2 * (2 + 1 + 2)
     for r in rows:
         m = segment.to_masks(h, r["rule"], r["value"], heads if r["head_gate"] else None, probs, r["prob_gate"],
@@ -167,3 +168,27 @@ def test_fast_sweep_equals_masks_one_by_one():
             vals = np.sort(h[i][heads[i]])[::-1]
             cut = vals[max(1, round(vals.size * k / 100)) - 1]
             assert np.array_equal(m[i], (h[i] >= cut) & (h[i] > 0) & heads[i])
+
+
+def test_sweep_tries_cleanup_on_the_best_settings_only():
+    rng = np.random.default_rng(5)
+    _, gt = _random_masks(2, n=24, size=12)
+    h = np.clip(gt * 0.4 + rng.random(gt.shape) * 0.7, 0, 1).astype(np.float32)
+    heads = np.ones_like(gt)
+    patients = np.repeat(["p1", "p2", "p3"], 8)
+    args = (h, gt, heads, None, [0.2, 0.4, 0.6], [2, 10], (False, True), (0.0,))
+    full = segment.sweep(*args, (False, True), patients, refine=None)
+    for by in ("mean_dice", "patient_dice"):
+        rows = segment.sweep(*args, (False, True), patients, select_by=by, refine=3)
+        plain = [r for r in rows if not r["cleanup"]]
+        cleaned = [r for r in rows if r["cleanup"]]
+        assert len(plain) == 2 * 6 and len(cleaned) == 3
+        best3 = sorted(plain, key=lambda r: -r[by])[:3]
+        assert {(r["rule"], r["value"], r["head_gate"]) for r in cleaned} == \
+            {(r["rule"], r["value"], r["head_gate"]) for r in best3}
+        for r in cleaned:  # the same numbers as the exhaustive sweep
+            assert r in full
+    only = segment.sweep(*args, (True,), patients, refine=None)
+    assert only and all(r["cleanup"] for r in only)
+    with pytest.raises(SegmentError, match="select_by"):
+        segment.sweep(*args, (False,), None, select_by="patient_dice")
