@@ -39,13 +39,8 @@ def global_scale(raw_peaks: np.ndarray, percentile: float = 99.0) -> float:
 
 
 def clean(mask: np.ndarray) -> np.ndarray:
-    """Opening (3 x 3 cross), then the largest connected component."""
-    m = ndimage.binary_opening(mask)
-    lab, n = ndimage.label(m)
-    if n <= 1:
-        return m
-    sizes = np.bincount(lab.ravel())[1:]
-    return lab == (1 + int(np.argmax(sizes)))
+    """Opening (3 x 3 cross), then the largest connected component (4-connected)."""
+    return clean_all(np.asarray(mask, bool)[None])[0]
 
 
 def to_masks(
@@ -257,8 +252,53 @@ def sweep(
     return rows
 
 
+def _shift_and(m: np.ndarray) -> np.ndarray:
+    """Erosion of N x H x W masks by the 3 x 3 cross, pixels outside the image counted as background."""
+    out = m.copy()
+    out[:, 1:] &= m[:, :-1]
+    out[:, :-1] &= m[:, 1:]
+    out[:, :, 1:] &= m[:, :, :-1]
+    out[:, :, :-1] &= m[:, :, 1:]
+    out[:, [0, -1]] = False
+    out[:, :, [0, -1]] = False
+    return out
+
+
+def _shift_or(m: np.ndarray) -> np.ndarray:
+    """Dilation of N x H x W masks by the 3 x 3 cross."""
+    out = m.copy()
+    out[:, 1:] |= m[:, :-1]
+    out[:, :-1] |= m[:, 1:]
+    out[:, :, 1:] |= m[:, :, :-1]
+    out[:, :, :-1] |= m[:, :, 1:]
+    return out
+
+
 def clean_all(masks: np.ndarray) -> np.ndarray:
-    return np.stack([clean(m) for m in masks]) if len(masks) else masks
+    """:func:`clean` of every slice of N x H x W masks, for the whole stack at once.
+
+    The opening is done with shifted copies of the stack; components are labelled in one call with
+    a structure that never connects neighbouring slices, and each slice keeps its largest one.
+    """
+    masks = np.asarray(masks, bool)
+    if not len(masks):
+        return masks
+    opened = _shift_or(_shift_and(masks))
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)
+    lab, n = ndimage.label(opened, structure)
+    if n == 0:
+        return opened
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    owner = np.zeros(n + 1, np.int64)  # the slice each component lies in (its bounding box's first)
+    owner[1:] = [box[0].start for box in ndimage.find_objects(lab)]
+    labels = np.arange(1, n + 1)
+    order = np.lexsort((-sizes[1:], owner[1:]))  # by slice, largest first (ties: the lowest label, as argmax)
+    first = np.ones(n, bool)
+    first[1:] = owner[1:][order][1:] != owner[1:][order][:-1]
+    keep = np.zeros(n + 1, bool)
+    keep[labels[order][first]] = True
+    return keep[lab]
 
 
 def top_k_masks(heatmaps: np.ndarray, ks, heads: np.ndarray | None = None, device=None,

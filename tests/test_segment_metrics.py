@@ -192,3 +192,28 @@ def test_sweep_tries_cleanup_on_the_best_settings_only():
     assert only and all(r["cleanup"] for r in only)
     with pytest.raises(SegmentError, match="select_by"):
         segment.sweep(*args, (False,), None, select_by="patient_dice")
+
+
+def _clean_one_by_one(m):
+    """Independent reference: scipy's opening and labelling, slice by slice."""
+    from scipy import ndimage
+
+    o = ndimage.binary_opening(m)
+    lab, n = ndimage.label(o)
+    return o if n <= 1 else lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+
+
+def test_stack_cleanup_equals_scipy_slice_by_slice():
+    rng = np.random.default_rng(6)
+    from scipy import ndimage
+
+    masks = ndimage.binary_dilation(rng.random((40, 24, 24)) > 0.93, np.ones((1, 3, 3)))
+    masks[0] = False  # an empty slice
+    masks[1] = False
+    masks[1, 2:5, 2:5] = masks[1, 10:13, 10:13] = True  # two components of equal size: the first is kept
+    masks[2] = True  # touching the border
+    out = segment.clean_all(masks)
+    for m, o in zip(masks, out):
+        assert np.array_equal(o, _clean_one_by_one(m))
+    assert np.array_equal(segment.clean(masks[3]), out[3])
+    assert segment.clean_all(np.zeros((0, 4, 4), bool)).shape == (0, 4, 4)

@@ -1,0 +1,77 @@
+"""Segmentation quality on LGG (issue targets: best CAM mean-Dice >= 0.60 and >= 0.8x the U-Net;
+U-Net mean-Dice >= 0.75 and patient Dice >= 0.82 at 256 x 256). Prints every number with the device.
+
+A condensed notebook 02 + 05 for one architecture, with the same functions and protocol: every
+knob chosen on validation per (method, layer), scored once on test with patient-bootstrap CIs.
+Clean-up is left out here to keep the run short. The U-Net comes last (it takes longest).
+
+    python benchmarks/bench_dice_lgg.py [--root ../shared/data/lgg/kaggle_3m] [--size 256] [--arch resnet18]
+"""
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from camseg_utils import cams, data, metrics, segment, train, unet
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "lgg", "kaggle_3m"))
+ap.add_argument("--size", type=int, default=256)
+ap.add_argument("--arch", default="resnet18")
+ap.add_argument("--epochs", type=int, default=20)
+ap.add_argument("--methods", nargs="+", default=["gradcam", "xgradcam", "layercam"])
+ap.add_argument("--layers", nargs="+", default=["middle", "last"])
+ap.add_argument("--unet-epochs", type=int, default=30)
+ap.add_argument("--unet-width", type=int, default=32)
+ap.add_argument("--device", default="auto")
+args = ap.parse_args()
+dev = train.resolve_device(args.device)
+t0 = time.perf_counter()
+ds = data.build_dataset("lgg", args.root, args.size, seed=0, progress=False)
+tr, va, te = (ds.split(s) for s in data.SPLITS)
+print(f"device: {train.device_name(dev)}; LGG {len(ds)} slices at {args.size}, split {len(tr)}/{len(va)}/{len(te)}",
+      flush=True)
+gt_v, gt_t = np.asarray(va.masks), np.asarray(te.masks)
+heads_v, heads_t = segment.head_masks(va.images), segment.head_masks(te.images)
+pat_v, pat_t = va.manifest.patient.to_numpy(), te.manifest.patient.to_numpy()
+with tempfile.TemporaryDirectory() as tmp:
+    tmp = Path(tmp)
+    cfg = train.TrainConfig(arch=args.arch, epochs=args.epochs, batch_size=64, lr=1e-3, device=args.device)
+    train.train_classifier(tr, va, cfg, tmp / "clf", progress=False)
+    model, norm, meta = train.load_classifier(tmp / "clf" / "best.pt", device=dev)
+    p_v, p_t = train.predict(model, norm, va.images, amp=True), train.predict(model, norm, te.images, amp=True)
+    m = train.classification_metrics(te.manifest.tumour, p_t)
+    print(f"{args.arch}: test accuracy {m['accuracy']:.3f}, AUC {m['auc']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    best = None
+    for layer in args.layers:
+        for mth in args.methods:
+            hv, ht = (cams.cached_heatmaps(tmp, tmp / "clf" / "best.pt", part.images, s, mth, layer, batch_size=64,
+                                           device=dev, progress=False, loader=lambda: (model, norm, meta))
+                      for s, part in (("val", va), ("test", te)))
+            ref = segment.global_scale(segment.raw_peaks(hv))
+            rows = [dict(r, normalisation=nm) for nm in segment.NORMALISATIONS for r in segment.sweep(
+                segment.scaled_heatmaps(hv, nm, ref), gt_v, heads_v, p_v, [i / 10 for i in range(1, 10)],
+                [1, 2, 5, 10, 20], (False, True), (0.0, 0.5), (False,), pat_v, device=dev)]
+            b = max(rows, key=lambda r: r["mean_dice"])
+            masks = segment.to_masks(segment.scaled_heatmaps(ht, b["normalisation"], ref), b["rule"], b["value"],
+                                     heads_t if b["head_gate"] else None, p_t, b["prob_gate"])
+            s = metrics.score_masks(masks, gt_t, pat_t)
+            print(f"  {mth:9s} @ {layer:6s}: val mean-Dice {b['mean_dice']:.3f} -> test mean-Dice {s['mean_dice']:.3f} "
+                  f"[{s['mean_dice_ci'][0]:.3f}, {s['mean_dice_ci'][1]:.3f}], patient Dice {s['patient_dice']:.3f} "
+                  f"({b['rule']} {b['value']:g}, {b['normalisation']}, head {b['head_gate']}, gate {b['prob_gate']})",
+                  flush=True)
+            if best is None or b["mean_dice"] > best[0]:
+                best = (b["mean_dice"], mth, layer, s)
+    print(f"best CAM (chosen on validation): {best[1]} @ {best[2]}, test mean-Dice {best[3]['mean_dice']:.3f}, "
+          f"patient Dice {best[3]['patient_dice']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    tu = time.perf_counter()
+    net, unorm, uck = unet.train_unet(tr, va, tmp / "unet", epochs=args.unet_epochs, width=args.unet_width,
+                                      device=args.device, progress=False)
+    u = metrics.score_masks(unet.predict_masks(net, unorm, te.images), gt_t, pat_t)
+    print(f"U-Net (width {args.unet_width}, {args.unet_epochs} epochs, {time.perf_counter() - tu:.0f} s): test mean-Dice "
+          f"{u['mean_dice']:.3f} [{u['mean_dice_ci'][0]:.3f}, {u['mean_dice_ci'][1]:.3f}], patient Dice "
+          f"{u['patient_dice']:.3f}; best CAM / U-Net {best[3]['mean_dice'] / u['mean_dice']:.2f}", flush=True)
