@@ -106,7 +106,7 @@ def raw_peaks(heatmaps) -> np.ndarray:
     return np.asarray(heatmaps.raw_peak, np.float32)
 
 
-def _device(device) -> "torch.device":
+def _device(device):
     import torch
 
     return torch.device(device) if device is not None else torch.device("cpu")
