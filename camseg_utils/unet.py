@@ -77,7 +77,7 @@ def load_unet(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.
 
 
 def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 10, batch_size: int = 16,
-               lr: float = 1e-3, width: int = 16, seed: int = 0, device: str = "auto", split_hash: str = "",
+               lr: float = 3e-3, width: int = 16, seed: int = 0, device: str = "auto", split_hash: str = "",
                progress: bool = True) -> tuple[nn.Module, Normalise, dict]:
     """Train (or reload, when ``best.pt`` exists for the same settings and split) the U-Net."""
     from tqdm.auto import tqdm
