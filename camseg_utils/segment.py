@@ -112,6 +112,12 @@ def _device(device):
     return torch.device(device) if device is not None else torch.device("cpu")
 
 
+def _check_top_ks(ks) -> None:
+    for k in ks:
+        if not 0 < k <= 100:
+            raise SegmentError(f"top_k value={k}: expected a percentage in (0, 100]")
+
+
 def _top_k_cuts(asc, inside, ks):
     """Per row the value of the k %-th highest pixel inside the head, for each k (n x K), and the head's size.
 
@@ -122,15 +128,16 @@ def _top_k_cuts(asc, inside, ks):
     size = inside.sum(1)
     cuts = []
     for k in ks:
-        if not 0 < k <= 100:
-            raise SegmentError(f"top_k value={k}: expected a percentage in (0, 100]")
         count = torch.round(size.double() * k / 100).long().clamp(1, asc.shape[1])  # numpy's round half to even too
         cuts.append(asc.gather(1, asc.shape[1] - count[:, None])[:, 0])
     return torch.stack(cuts, 1) if cuts else asc.new_zeros((len(asc), 0)), size
 
 
 def _chunks(heatmaps, gt, heads, chunk, dev):
-    """(slice range, heatmaps n x P float32, truth n x P, head n x P or None), as torch tensors on ``dev``."""
+    """(slice range, heatmaps n x P float32, truth n x P, inside the head n x P), as torch tensors on ``dev``.
+
+    Without ``heads`` every pixel is inside; without ``gt`` the truth is None.
+    """
     import torch
 
     n = len(heatmaps)
@@ -139,8 +146,9 @@ def _chunks(heatmaps, gt, heads, chunk, dev):
         m = i.stop - i.start
         h = torch.from_numpy(np.asarray(heatmaps[i], np.float32).reshape(m, -1)).to(dev)
         g = torch.from_numpy(np.ascontiguousarray(gt[i]).reshape(m, -1)).to(dev) if gt is not None else None
-        hd = torch.from_numpy(np.ascontiguousarray(heads[i]).reshape(m, -1)).to(dev) if heads is not None else None
-        yield i, h, g, hd
+        inside = (torch.from_numpy(np.ascontiguousarray(heads[i]).reshape(m, -1)).to(dev) if heads is not None
+                  else torch.ones_like(h, dtype=torch.bool))
+        yield i, h, g, inside
 
 
 def mask_counts(heatmaps: np.ndarray, gt: np.ndarray, thresholds=(), top_ks=(), heads: np.ndarray | None = None,
@@ -155,12 +163,12 @@ def mask_counts(heatmaps: np.ndarray, gt: np.ndarray, thresholds=(), top_ks=(), 
     import torch
 
     dev = _device(device)
+    _check_top_ks(top_ks)
     t = torch.tensor([check_threshold(v) for v in thresholds], dtype=torch.float32, device=dev)
     inter = np.zeros((len(gt), len(t) + len(top_ks)), np.int64)
     pred = np.zeros_like(inter)
-    for i, h, g, hd in _chunks(heatmaps, gt, heads, chunk, dev):
+    for i, h, g, inside in _chunks(heatmaps, gt, heads, chunk, dev):
         m, p = h.shape
-        inside = hd if hd is not None else torch.ones_like(h, dtype=torch.bool)
         asc, order = torch.where(inside, h, float("-inf")).sort(dim=1)  # outside the head first, never counted
         suffix = torch.cat([g.gather(1, order).int().flip(1).cumsum(1).flip(1), asc.new_zeros((m, 1), dtype=torch.int)], 1)
         pos = [torch.searchsorted(asc, t.expand(m, -1).contiguous())]  # first position >= each threshold
@@ -235,7 +243,7 @@ def sweep(
         sets = {key: (inter[:, j], pred[:, j]) for j, key in enumerate(keys)}
         sets[("otsu", 0.0)] = counts(to_masks(h, "otsu", 0, hd))
         rows += score(sets, head, False)
-    if True in [bool(c) for c in cleanups]:
+    if any(cleanups):
         plain = sorted(rows, key=lambda r: -r[select_by])
         todo = []  # (rule, value, head gate) settings to try with clean-up
         for r in plain:
@@ -247,7 +255,7 @@ def sweep(
             sets = {(rule, value): counts(to_masks(h, rule, value, hd, cleanup=True))
                     for rule, value, hg in todo if hg == head}
             rows += score(sets, head, True)
-    if False not in [bool(c) for c in cleanups]:
+    if all(cleanups):
         rows = [r for r in rows if r["cleanup"]]
     return rows
 
@@ -307,12 +315,9 @@ def top_k_masks(heatmaps: np.ndarray, ks, heads: np.ndarray | None = None, devic
     import torch
 
     h = np.asarray(heatmaps, np.float32)
+    _check_top_ks(ks)
     out = [np.zeros(h.shape, bool) for _ in ks]
-    for k in ks:
-        if not 0 < k <= 100:
-            raise SegmentError(f"top_k value={k}: expected a percentage in (0, 100]")
-    for i, ht, _, hd in _chunks(h, None, heads, chunk, _device(device)):
-        inside = hd if hd is not None else ht.new_ones(ht.shape, dtype=bool)
+    for i, ht, _, inside in _chunks(h, None, heads, chunk, _device(device)):
         cuts, size = _top_k_cuts(torch.where(inside, ht, float("-inf")).sort(dim=1).values, inside, ks)
         for j in range(len(ks)):
             m = (ht >= cuts[:, j:j + 1]) & (ht > 0) & inside & (size[:, None] > 0)
