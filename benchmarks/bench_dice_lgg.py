@@ -57,8 +57,7 @@ with tempfile.TemporaryDirectory() as tmp:
                 segment.scaled_heatmaps(hv, nm, ref), gt_v, heads_v, p_v, [i / 10 for i in range(1, 10)],
                 [1, 2, 5, 10, 20], (False, True), (0.0, 0.5), (False,), pat_v, device=dev)]
             b = max(rows, key=lambda r: r["mean_dice"])
-            masks = segment.to_masks(segment.scaled_heatmaps(ht, b["normalisation"], ref), b["rule"], b["value"],
-                                     heads_t if b["head_gate"] else None, p_t, b["prob_gate"])
+            masks = segment.apply_setting(ht, b, heads_t, p_t, ref)
             s = metrics.score_masks(masks, gt_t, pat_t)
             print(f"  {mth:9s} @ {layer:6s}: val mean-Dice {b['mean_dice']:.3f} -> test mean-Dice {s['mean_dice']:.3f} "
                   f"[{s['mean_dice_ci'][0]:.3f}, {s['mean_dice_ci'][1]:.3f}], patient Dice {s['patient_dice']:.3f} "

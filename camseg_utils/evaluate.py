@@ -40,12 +40,6 @@ def required_files(run_dir: Path) -> tuple[dict, list[Path]]:
     return chosen, missing
 
 
-def _apply(hm: cams.Heatmaps, setting: dict, heads: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    h = segment.scaled_heatmaps(hm, setting["normalisation"], setting["reference"])
-    return segment.to_masks(h, setting["rule"], setting["value"], heads if setting["head_gate"] else None, probs,
-                            setting["prob_gate"], setting["cleanup"])
-
-
 def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | None = None,
              device: str = "auto", batch_size: int = 32, n_boot: int = 1000, progress: bool = True) -> dict:
     """Predict, segment and (where masks exist) score every slice under ``data_root``; returns the metrics."""
@@ -74,7 +68,7 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
     hm = cams.cached_heatmaps(out_dir, ckpt_path, ds.images, key, best["method"], best["layer"], best["fuse"],
                               batch_size, dev, seed=int(best.get("seed", 0)), progress=progress,
                               loader=lambda: (model, norm, ckpt))
-    cam_masks = _apply(hm, best, heads, probs)
+    cam_masks = segment.apply_setting(hm, best, heads, probs)
     net, unorm, _ = unet.load_unet(run_dir / "models" / "unet" / "best.pt", dev)
     unet_masks = unet.predict_masks(net, unorm, ds.images, batch_size)
 
@@ -110,7 +104,7 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
         if rand:
             rh = cams.cached_heatmaps(out_dir, ckpt_path, ds.images, key, "random", "last", rand["fuse"], batch_size,
                                       dev, seed=int(rand.get("seed", 0)), progress=False, loader=lambda: (model, norm, ckpt))
-            result["random_baseline"] = metrics.score_masks(_apply(rh, rand, heads, probs)[has], gt, pats, n_boot, seed)
+            result["random_baseline"] = metrics.score_masks(segment.apply_setting(rh, rand, heads, probs)[has], gt, pats, n_boot, seed)
     result["seconds"] = time.perf_counter() - t0
     with atomic_path(out_dir / "predictions.csv") as tmp:
         index.to_csv(tmp, index=False)

@@ -102,6 +102,16 @@ def scaled_heatmaps(heatmaps, normalisation: str = "per_image", reference: float
     raise SegmentError(f"unknown normalisation {normalisation!r}; expected one of {NORMALISATIONS}")
 
 
+def apply_setting(heatmaps, setting, heads: np.ndarray | None = None, probs: np.ndarray | None = None,
+                  reference: float | None = None) -> np.ndarray:
+    """Masks from a :class:`camseg_utils.cams.Heatmaps` with one chosen setting (a sweep row with its
+    ``normalisation``, as a dict or pandas row); the global scale is ``reference`` or ``setting['reference']``."""
+    ref = reference if reference is not None else setting.get("reference")
+    h = scaled_heatmaps(heatmaps, setting["normalisation"], ref)
+    return to_masks(h, setting["rule"], setting["value"], heads if setting["head_gate"] else None, probs,
+                    setting["prob_gate"], bool(setting["cleanup"]))
+
+
 def raw_peaks(heatmaps) -> np.ndarray:
     return np.asarray(heatmaps.raw_peak, np.float32)
 
