@@ -20,6 +20,15 @@ def _random_masks(seed, n=20, size=16):
     return pred ^ flip, gt
 
 
+def _heatmaps_and_heads(rng, seed, n, signal, noise, outside_cols):
+    """Noisy heatmaps brighter on the tumour, their truth, and heads missing the first columns."""
+    _, gt = _random_masks(seed, n=n, size=12)
+    h = np.clip(gt * signal + rng.random(gt.shape) * noise, 0, 1).astype(np.float32)
+    heads = np.ones_like(gt)
+    heads[:, :, :outside_cols] = False
+    return h, gt, heads
+
+
 def test_dice_matches_f1_score_of_sklearn():
     pred, gt = _random_masks(0)
     d = metrics.dice(pred, gt)
@@ -105,6 +114,10 @@ def test_bad_segmentation_input():
         segment.to_masks(h, heads=np.zeros((1, 5, 5), bool))
     with pytest.raises(SegmentError, match="no tumour slice"):
         segment.sweep(h, np.zeros((1, 4, 4), bool), None, None, [0.5], [5])
+    with pytest.raises(SegmentError, match=r"top_k value=150: expected a percentage in \(0, 100\]"):
+        segment.to_masks(h, "top_k", 150)
+    with pytest.raises(SegmentError, match="top_k value=0"):
+        segment.mask_counts(h, np.ones((1, 4, 4), bool), [0.5], [0])
 
 
 def test_head_mask_fills_holes():
@@ -133,11 +146,7 @@ def test_filters():
 
 
 def test_vectorised_threshold_counts_equal_the_masks_one_by_one():
-    rng = np.random.default_rng(3)
-    pred, gt = _random_masks(1, n=30, size=12)
-    h = np.clip(gt * 0.5 + rng.random(gt.shape) * 0.6, 0, 1).astype(np.float32)
-    heads = np.ones_like(gt)
-    heads[:, :, :2] = False
+    h, gt, heads = _heatmaps_and_heads(np.random.default_rng(3), 1, 30, 0.5, 0.6, 2)
     ts = [0.1, 0.3, 0.5, 0.7, 0.9]
     for hd in (None, heads):
         inter, size = segment.threshold_counts(h, gt, ts, hd, chunk=7)
@@ -149,10 +158,7 @@ def test_vectorised_threshold_counts_equal_the_masks_one_by_one():
 
 def test_fast_sweep_equals_masks_one_by_one():
     rng = np.random.default_rng(4)
-    _, gt = _random_masks(2, n=24, size=12)
-    h = np.clip(gt * 0.4 + rng.random(gt.shape) * 0.7, 0, 1).astype(np.float32)
-    heads = np.ones_like(gt)
-    heads[:, :, :3] = False
+    h, gt, heads = _heatmaps_and_heads(rng, 2, 24, 0.4, 0.7, 3)
     probs = rng.random(len(gt))
     patients = np.repeat(["p1", "p2", "p3"], 8)
     rows = segment.sweep(h, gt, heads, probs, [0.2, 0.6], [2, 10], (False, True), (0.0, 0.5), (False, True), patients,
@@ -171,10 +177,7 @@ def test_fast_sweep_equals_masks_one_by_one():
 
 
 def test_sweep_tries_cleanup_on_the_best_settings_only():
-    rng = np.random.default_rng(5)
-    _, gt = _random_masks(2, n=24, size=12)
-    h = np.clip(gt * 0.4 + rng.random(gt.shape) * 0.7, 0, 1).astype(np.float32)
-    heads = np.ones_like(gt)
+    h, gt, heads = _heatmaps_and_heads(np.random.default_rng(5), 2, 24, 0.4, 0.7, 0)
     patients = np.repeat(["p1", "p2", "p3"], 8)
     args = (h, gt, heads, None, [0.2, 0.4, 0.6], [2, 10], (False, True), (0.0,))
     full = segment.sweep(*args, (False, True), patients, refine=None)
