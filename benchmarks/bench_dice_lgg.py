@@ -3,7 +3,9 @@ U-Net mean-Dice >= 0.75 and patient Dice >= 0.82 at 256 x 256). Prints every num
 
 A condensed notebook 02 + 05 for one architecture, with the same functions and protocol: every
 knob chosen on validation per (method, layer), scored once on test with patient-bootstrap CIs.
-Clean-up is left out here to keep the run short. The U-Net comes last (it takes longest).
+Clean-up is left out here to keep the run short. Each (method, layer) is scored with the heatmap
+alone (refine none) and with the guided refinement (radius chosen on validation). The U-Net comes
+last (it takes longest).
 
     python benchmarks/bench_dice_lgg.py [--root ../shared/data/lgg/kaggle_3m] [--size 256] [--arch resnet18]
 """
@@ -27,9 +29,13 @@ ap.add_argument("--methods", nargs="+", default=["gradcam", "xgradcam", "layerca
 ap.add_argument("--layers", nargs="+", default=["middle", "last"])
 ap.add_argument("--unet-epochs", type=int, default=30)
 ap.add_argument("--unet-width", type=int, default=32)
+ap.add_argument("--unet-lr", type=float, default=1e-3, help="one-cycle peak (the LGG presets' value)")
+ap.add_argument("--guided-radii", nargs="+", type=int, default=None,
+                help="guided-filter radii to choose from (0: none); default 0, size/16, size/8")
 ap.add_argument("--device", default="auto")
 args = ap.parse_args()
 dev = train.resolve_device(args.device)
+radii = args.guided_radii or [0, args.size // 16, args.size // 8]
 t0 = time.perf_counter()
 ds = data.build_dataset("lgg", args.root, args.size, seed=0, progress=False)
 tr, va, te = (ds.split(s) for s in data.SPLITS)
@@ -46,31 +52,31 @@ with tempfile.TemporaryDirectory() as tmp:
     p_v, p_t = train.predict(model, norm, va.images, amp=True), train.predict(model, norm, te.images, amp=True)
     m = train.classification_metrics(te.manifest.tumour, p_t)
     print(f"{args.arch}: test accuracy {m['accuracy']:.3f}, AUC {m['auc']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    best = None
+    best = {}  # refine kind -> (val mean-Dice, method, layer, test scores)
     for layer in args.layers:
         for mth in args.methods:
             hv, ht = (cams.cached_heatmaps(tmp, tmp / "clf" / "best.pt", part.images, s, mth, layer, batch_size=64,
                                            device=dev, progress=False, loader=lambda: (model, norm, meta))
                       for s, part in (("val", va), ("test", te)))
-            ref = segment.global_scale(segment.raw_peaks(hv))
-            rows = [dict(r, normalisation=nm) for nm in segment.NORMALISATIONS for r in segment.sweep(
-                segment.scaled_heatmaps(hv, nm, ref), gt_v, heads_v, p_v, [i / 10 for i in range(1, 10)],
-                [1, 2, 5, 10, 20], (False, True), (0.0, 0.5), (False,), pat_v, device=dev)]
-            b = max(rows, key=lambda r: r["mean_dice"])
-            masks = segment.apply_setting(ht, b, heads_t, p_t, ref)
-            s = metrics.score_masks(masks, gt_t, pat_t)
-            print(f"  {mth:9s} @ {layer:6s}: val mean-Dice {b['mean_dice']:.3f} -> test mean-Dice {s['mean_dice']:.3f} "
-                  f"[{s['mean_dice_ci'][0]:.3f}, {s['mean_dice_ci'][1]:.3f}], patient Dice {s['patient_dice']:.3f} "
-                  f"({b['rule']} {b['value']:g}, {b['normalisation']}, head {b['head_gate']}, gate {b['prob_gate']})",
-                  flush=True)
-            if best is None or b["mean_dice"] > best[0]:
-                best = (b["mean_dice"], mth, layer, s)
-    print(f"best CAM (chosen on validation): {best[1]} @ {best[2]}, test mean-Dice {best[3]['mean_dice']:.3f}, "
-          f"patient Dice {best[3]['patient_dice']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            rows = segment.sweep_settings(hv, va.images, gt_v, heads_v, p_v, [i / 10 for i in range(1, 10)],
+                                          [1, 2, 5, 10, 20], guided_radii=radii, device=dev, patients=pat_v)
+            for kind, b in segment.best_settings(rows).items():
+                s = metrics.score_masks(segment.apply_setting(ht, b, heads_t, p_t, images=te.images, device=dev),
+                                        gt_t, pat_t)
+                print(f"  {mth:9s} @ {layer:6s} refine {kind:6s}: val mean-Dice {b['mean_dice']:.3f} -> test mean-Dice "
+                      f"{s['mean_dice']:.3f} [{s['mean_dice_ci'][0]:.3f}, {s['mean_dice_ci'][1]:.3f}], patient Dice "
+                      f"{s['patient_dice']:.3f} ({b['rule']} {b['value']:g}, {b['normalisation']}, radius "
+                      f"{b['guided_radius']}, head {b['head_gate']}, gate {b['prob_gate']})", flush=True)
+                if kind not in best or b["mean_dice"] > best[kind][0]:
+                    best[kind] = (b["mean_dice"], mth, layer, s)
+    for kind, (_, mth, layer, s) in best.items():
+        print(f"best CAM, refine {kind} (chosen on validation): {mth} @ {layer}, test mean-Dice {s['mean_dice']:.3f}, "
+              f"patient Dice {s['patient_dice']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     tu = time.perf_counter()
     net, unorm, uck = unet.train_unet(tr, va, tmp / "unet", epochs=args.unet_epochs, width=args.unet_width,
-                                      device=args.device, progress=False)
+                                      lr=args.unet_lr, device=args.device, progress=False)
     u = metrics.score_masks(unet.predict_masks(net, unorm, te.images), gt_t, pat_t)
     print(f"U-Net (width {args.unet_width}, {args.unet_epochs} epochs, {time.perf_counter() - tu:.0f} s): test mean-Dice "
           f"{u['mean_dice']:.3f} [{u['mean_dice_ci'][0]:.3f}, {u['mean_dice_ci'][1]:.3f}], patient Dice "
-          f"{u['patient_dice']:.3f}; best CAM / U-Net {best[3]['mean_dice'] / u['mean_dice']:.2f}", flush=True)
+          f"{u['patient_dice']:.3f}; best CAM / U-Net: "
+          + ", ".join(f"{k} {v[3]['mean_dice'] / u['mean_dice']:.2f}" for k, v in best.items()), flush=True)

@@ -68,7 +68,7 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
     hm = cams.cached_heatmaps(out_dir, ckpt_path, ds.images, key, best["method"], best["layer"], best["fuse"],
                               batch_size, dev, seed=int(best.get("seed", 0)), progress=progress,
                               loader=lambda: (model, norm, ckpt))
-    cam_masks = segment.apply_setting(hm, best, heads, probs)
+    cam_masks = segment.apply_setting(hm, best, heads, probs, images=ds.images, device=dev)
     net, unorm, _ = unet.load_unet(run_dir / "models" / "unet" / "best.pt", dev)
     unet_masks = unet.predict_masks(net, unorm, ds.images, batch_size)
 
@@ -92,7 +92,8 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
               "slices_with_mask": int(has.sum()), "image_size": size, "resized_from": resized,
               "classifier": arch, "cam_setting": {k: best[k] for k in ("method", "layer", "fuse", "rule", "value",
                                                                       "normalisation", "reference", "head_gate",
-                                                                      "prob_gate", "cleanup")}}
+                                                                      "prob_gate", "cleanup", "guided_radius",
+                                                                      "guided_eps", "guide_channel") if k in best}}
     if has.any():
         gt, pats = np.asarray(ds.masks)[has], m.patient.to_numpy()[has]
         index.loc[has, "cam_dice"] = metrics.dice(cam_masks[has], gt)
@@ -104,7 +105,8 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
         if rand:
             rh = cams.cached_heatmaps(out_dir, ckpt_path, ds.images, key, "random", "last", rand["fuse"], batch_size,
                                       dev, seed=int(rand.get("seed", 0)), progress=False, loader=lambda: (model, norm, ckpt))
-            result["random_baseline"] = metrics.score_masks(segment.apply_setting(rh, rand, heads, probs)[has], gt, pats, n_boot, seed)
+            result["random_baseline"] = metrics.score_masks(segment.apply_setting(rh, rand, heads, probs, images=ds.images,
+                                                                                          device=dev)[has], gt, pats, n_boot, seed)
     result["seconds"] = time.perf_counter() - t0
     with atomic_path(out_dir / "predictions.csv") as tmp:
         index.to_csv(tmp, index=False)

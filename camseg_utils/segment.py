@@ -1,11 +1,17 @@
 """Heatmap -> mask. Rules: a fixed threshold, Otsu, or the top k % of the head's pixels; optional
-gating to the head and by the classifier's tumour probability; optional clean-up.
+edge-aware refinement of the heatmap by the image (a guided filter); optional gating to the head
+and by the classifier's tumour probability; optional clean-up.
 
 Our design decisions (not the paper's): thresholds act on heatmaps in [0, 1], either per-slice
 normalised (pytorch-grad-cam's convention) or on a global scale (the raw map divided by a
 reference chosen on validation, so cool tumour-free slices stay cool); the head is every pixel
 brighter than ``HEAD_LEVEL`` in any channel, holes filled; clean-up is an opening with a
-3 x 3 cross followed by keeping the largest connected component.
+3 x 3 cross followed by keeping the largest connected component. The refinement is He et al.'s
+guided filter (ECCV 2010) with one image channel as the guide (``GUIDE_CHANNEL``: FLAIR, the
+sequence the LGG masks were drawn on, and the synthetic generator's tumour-bright channel): a
+CAM comes from a feature map 8-32 x coarser than the image and is bilinearly blown up, so its
+edges fall between anatomy; the filter re-draws them along the guide's edges. It uses the image,
+not labels; 05 chooses its radius on validation, radius 0 meaning the heatmap alone.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from scipy import ndimage
 
 RULES = ("threshold", "otsu", "top_k")
 HEAD_LEVEL = 10
+GUIDE_CHANNEL = 1  # pre-contrast, FLAIR, post-contrast; -1: the mean of the channels
+GUIDED_EPS = 1e-3  # guide in [0, 1]: edges of contrast well above sqrt(1e-3) ~ 0.03 are kept
 
 
 class SegmentError(ValueError):
@@ -102,14 +110,98 @@ def scaled_heatmaps(heatmaps, normalisation: str = "per_image", reference: float
     raise SegmentError(f"unknown normalisation {normalisation!r}; expected one of {NORMALISATIONS}")
 
 
+def setting_heatmaps(heatmaps, setting, images: np.ndarray | None = None, device=None):
+    """``heatmaps`` refined as a chosen setting says (its ``guided_radius``, ``guided_eps``, ``guide_channel``;
+    a setting without them, from an older run, means no refinement)."""
+    radius = int(setting.get("guided_radius", 0) or 0)
+    if not radius:
+        return heatmaps
+    if images is None:
+        raise SegmentError(f"this setting refines heatmaps with a guided filter (radius {radius}): pass the images")
+    return refine(heatmaps, images, radius, float(setting.get("guided_eps", GUIDED_EPS)),
+                  int(setting.get("guide_channel", GUIDE_CHANNEL)), device)
+
+
 def apply_setting(heatmaps, setting, heads: np.ndarray | None = None, probs: np.ndarray | None = None,
-                  reference: float | None = None) -> np.ndarray:
+                  reference: float | None = None, images: np.ndarray | None = None, device=None) -> np.ndarray:
     """Masks from a :class:`camseg_utils.cams.Heatmaps` with one chosen setting (a sweep row with its
-    ``normalisation``, as a dict or pandas row); the global scale is ``reference`` or ``setting['reference']``."""
+    ``normalisation``, as a dict or pandas row); the global scale is ``reference`` or ``setting['reference']``.
+    Settings with a guided refinement need the ``images`` (see :func:`setting_heatmaps`)."""
     ref = reference if reference is not None else setting.get("reference")
-    h = scaled_heatmaps(heatmaps, setting["normalisation"], ref)
+    h = scaled_heatmaps(setting_heatmaps(heatmaps, setting, images, device), setting["normalisation"], ref)
     return to_masks(h, setting["rule"], setting["value"], heads if setting["head_gate"] else None, probs,
                     setting["prob_gate"], bool(setting["cleanup"]))
+
+
+def _box(x, r: int):
+    """Mean over the (2r + 1)^2 window around each pixel, counting only pixels inside the image.
+
+    Separable (a column pass, then a row pass): O(r) per pixel instead of O(r^2), the same result,
+    since a window clipped at the border is still a rectangle."""
+    import torch.nn.functional as F
+
+    k = 2 * r + 1
+    x = F.avg_pool2d(x[:, None], (k, 1), 1, (r, 0), count_include_pad=False)
+    return F.avg_pool2d(x, (1, k), 1, (0, r), count_include_pad=False)[:, 0]
+
+
+def guided_filter(p: np.ndarray, guide: np.ndarray, radius: int, eps: float = GUIDED_EPS, device=None,
+                  chunk: int = 128) -> np.ndarray:
+    """He et al.'s guided filter of N x H x W maps ``p`` by N x H x W ``guide`` (float, ~[0, 1]).
+
+    Per window, p is fitted as a * guide + b (ridge ``eps`` on a); the output averages the fits
+    of the windows covering each pixel. Linear in ``p``; float32 on the CPU, in chunks on ``device``.
+    """
+    import torch
+
+    p, guide = np.asarray(p), np.asarray(guide)
+    if p.ndim != 3 or p.shape != guide.shape:
+        raise SegmentError(f"guided filter: maps {p.shape} and guide {guide.shape} must both be N x H x W, same shape")
+    if int(radius) != radius or radius < 1:
+        raise SegmentError(f"guided radius={radius}: expected a whole number of pixels >= 1")
+    if not eps > 0:
+        raise SegmentError(f"guided eps={eps}: expected a positive number")
+    dev, r = _device(device), int(radius)
+    out = np.empty(p.shape, np.float32)
+    for s in range(0, len(p), chunk):
+        x = torch.from_numpy(np.asarray(p[s:s + chunk], np.float32)).to(dev)
+        g = torch.from_numpy(np.asarray(guide[s:s + chunk], np.float32)).to(dev)
+        mg, mx = _box(g, r), _box(x, r)
+        a = (_box(g * x, r) - mg * mx) / (_box(g * g, r) - mg * mg + eps)
+        b = mx - a * mg
+        out[s:s + chunk] = (_box(a, r) * g + _box(b, r)).cpu().numpy()
+    return out
+
+
+def guide_images(images: np.ndarray, channel: int = GUIDE_CHANNEL) -> np.ndarray:
+    """The guide for :func:`guided_filter`: one channel of uint8 N x H x W x 3 images (or their mean, -1) in [0, 1]."""
+    images = np.asarray(images)
+    if images.ndim != 4 or not -1 <= channel < images.shape[-1]:
+        raise SegmentError(f"guide channel={channel}: expected -1 (mean) or a channel of images shaped {images.shape}")
+    g = images.mean(-1) if channel == -1 else images[..., channel]
+    return np.asarray(g, np.float32) / 255
+
+
+def refine(heatmaps, images: np.ndarray, radius: int, eps: float = GUIDED_EPS, channel: int = GUIDE_CHANNEL,
+           device=None):
+    """A :class:`camseg_utils.cams.Heatmaps` refined by the guided filter (``radius`` 0: unchanged).
+
+    Both scales are filtered: the raw map (clipped at 0, since the filter may undershoot) and the
+    per-image map (clipped, then min-max normalised again, as pytorch-grad-cam scales its maps).
+    """
+    from .cams import Heatmaps, check_pair, minmax
+
+    if not radius:
+        return heatmaps
+    check_pair(images, heatmaps.heatmap)
+    guide = guide_images(images, channel)
+    raw = np.clip(guided_filter(heatmaps.raw_maps(), guide, radius, eps, device), 0, None)
+    import torch
+
+    heat = minmax(torch.from_numpy(np.clip(guided_filter(heatmaps.heatmap, guide, radius, eps, device), 0, None))).numpy()
+    peak = raw.reshape(len(raw), -1).max(1) if raw.size else np.zeros(0, np.float32)
+    return Heatmaps(heat, raw / np.maximum(peak, 1e-30)[:, None, None], peak.astype(np.float32),
+                    dict(heatmaps.meta, guided_radius=int(radius), guided_eps=float(eps), guide_channel=int(channel)))
 
 
 def raw_peaks(heatmaps) -> np.ndarray:
@@ -268,6 +360,40 @@ def sweep(
     if all(cleanups):
         rows = [r for r in rows if r["cleanup"]]
     return rows
+
+
+def sweep_settings(
+    heatmaps, images: np.ndarray, gt: np.ndarray, heads: np.ndarray, probs: np.ndarray, thresholds, top_ks,
+    normalisations=NORMALISATIONS, guided_radii=(0,), guided_eps: float = GUIDED_EPS,
+    guide_channel: int = GUIDE_CHANNEL, device=None, **sweep_kw,
+) -> list[dict]:
+    """:func:`sweep` of a :class:`camseg_utils.cams.Heatmaps` on one (validation) split over every
+    guided radius and heatmap scale as well. Each row carries what :func:`apply_setting` needs
+    (``normalisation``, ``reference``, ``guided_radius``, ``guided_eps``, ``guide_channel``) and
+    ``refine``: 'none' (radius 0, the heatmap alone) or 'guided'. The global scale's reference is
+    taken after refining, from this split's raw peaks."""
+    if not len(guided_radii) or any(int(r) != r or r < 0 for r in guided_radii):
+        raise SegmentError(f"guided_radii={list(guided_radii)}: expected whole numbers of pixels >= 0 (0: no refinement)")
+    rows = []
+    for rad in guided_radii:
+        h = refine(heatmaps, images, int(rad), guided_eps, guide_channel, device)
+        ref = global_scale(raw_peaks(h))
+        extra = {"guided_radius": int(rad), "guided_eps": float(guided_eps), "guide_channel": int(guide_channel),
+                 "reference": ref, "refine": "guided" if rad else "none"}
+        for nm in normalisations:
+            rows += [dict(r, normalisation=nm, **extra)
+                     for r in sweep(scaled_heatmaps(h, nm, ref), gt, heads, probs, thresholds, top_ks, device=device, **sweep_kw)]
+    return rows
+
+
+def best_settings(rows: list[dict], select_by: str = "mean_dice") -> dict[str, dict]:
+    """The best row of :func:`sweep_settings` by ``select_by``, per ``refine`` kind ('none', 'guided')."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        k = r.get("refine", "none")
+        if k not in best or r[select_by] > best[k][select_by]:
+            best[k] = r
+    return dict(sorted(best.items(), key=lambda kv: kv[0] != "none"))
 
 
 def _shift_and(m: np.ndarray) -> np.ndarray:

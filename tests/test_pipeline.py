@@ -34,6 +34,10 @@ def test_smoke_run_writes_every_output(smoke_run):
     rows = dice["tables"]["Segmentation (test split)"]
     assert {r["method"] for r in rows} >= {"gradcam", "layercam", "random", "sobel"}
     assert any(r["arch"].startswith("U-Net") for r in rows)
+    # each (model, method, layer) scored with the heatmap alone and with the guided refinement
+    cam = [r for r in rows if not r["arch"].startswith("U-Net")]
+    assert {r["refine"] for r in cam} == {"none", "guided"}
+    assert all((r["guided_radius"] == 0) == (r["refine"] == "none") for r in cam)
     for r in rows:
         assert _in_range(r["mean_dice"]) and _in_range(r["patient_dice"])
         lo, hi = r["mean_dice_ci"]

@@ -220,3 +220,111 @@ def test_stack_cleanup_equals_scipy_slice_by_slice():
         assert np.array_equal(o, _clean_one_by_one(m))
     assert np.array_equal(segment.clean(masks[3]), out[3])
     assert segment.clean_all(np.zeros((0, 4, 4), bool)).shape == (0, 4, 4)
+
+
+def _guided_reference(p, g, r, eps):
+    """He et al.'s guided filter written out window by window (windows clipped at the border)."""
+    n, h, w = p.shape
+
+    def box(x):
+        out = np.empty_like(x)
+        for y in range(h):
+            for c in range(w):
+                out[:, y, c] = x[:, max(0, y - r):y + r + 1, max(0, c - r):c + r + 1].mean((1, 2))
+        return out
+
+    mg, mp = box(g), box(p)
+    a = (box(g * p) - mg * mp) / (box(g * g) - mg * mg + eps)
+    b = mp - a * mg
+    return box(a) * g + box(b)
+
+
+def test_guided_filter_matches_a_window_by_window_reference():
+    rng = np.random.default_rng(11)
+    p, g = rng.random((3, 9, 11)), rng.random((3, 9, 11))
+    for r, eps in ((1, 1e-3), (2, 1e-2), (6, 1e-3)):
+        ref = _guided_reference(p.astype(np.float64), g.astype(np.float64), r, eps)
+        assert np.allclose(segment.guided_filter(p, g, r, eps, chunk=2), ref, atol=1e-4)
+    # linear in the map; a flat guide reduces it to a (doubly) smoothed map; the guide itself passes through
+    out = segment.guided_filter(p, g, 2)
+    assert np.allclose(segment.guided_filter(3 * p, g, 2), 3 * out, atol=1e-5)
+    flat = segment.guided_filter(p, np.full_like(g, 0.5), 2)
+    assert np.allclose(flat, _guided_reference(p, np.full_like(g, 0.5), 2, 1e-3), atol=1e-5)
+    assert np.allclose(segment.guided_filter(g, g, 2, eps=1e-8), g, atol=1e-3)
+    with pytest.raises(SegmentError, match=r"\(3, 9, 11\) and guide \(3, 9, 10\)"):
+        segment.guided_filter(p, g[..., :10], 2)
+    with pytest.raises(SegmentError, match="radius=0"):
+        segment.guided_filter(p, g, 0)
+    with pytest.raises(SegmentError, match="eps"):
+        segment.guided_filter(p, g, 1, eps=0)
+
+
+def _blurred_disks(n=6, size=40, seed=0):
+    """Images with a bright disk in the FLAIR channel, its mask, and a coarse heatmap: the disk seen
+    through an 8 x 8 grid and blown up again, as a CAM from a coarse layer is."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    gt = np.stack([(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+                   for cy, cx, r in zip(rng.integers(12, 28, n), rng.integers(12, 28, n), rng.integers(5, 9, n))])
+    images = np.full((n, size, size, 3), 60, np.uint8)
+    images[..., 1][gt] = 200
+    coarse = F.adaptive_avg_pool2d(torch.from_numpy(gt[:, None].astype(np.float32)), 5)
+    heat = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+    return images, gt, heat
+
+
+def test_refine_redraws_a_coarse_heatmap_along_the_image_edges():
+    from camseg_utils.cams import Heatmaps
+
+    images, gt, heat = _blurred_disks()
+    peak = heat.reshape(len(heat), -1).max(1)
+    hm = Heatmaps(heat / heat.reshape(len(heat), -1).max(1)[:, None, None], heat / peak[:, None, None], peak, {})
+    assert segment.refine(hm, images, 0) is hm
+    fine = segment.refine(hm, images, 4, channel=1)
+    assert fine.heatmap.min() >= 0 and fine.heatmap.max() <= 1 and fine.meta["guided_radius"] == 4
+    assert np.allclose(fine.raw_maps().max((1, 2)), fine.raw_peak)
+    plain = max(metrics.mean_dice(segment.to_masks(hm.heatmap, "threshold", t), gt) for t in np.arange(0.1, 1, 0.1))
+    refined = max(metrics.mean_dice(segment.to_masks(fine.heatmap, "threshold", t), gt) for t in np.arange(0.1, 1, 0.1))
+    assert refined > plain + 0.05, (plain, refined)
+    # the mean of the channels as guide sees a weaker edge; an all-zero map stays zero, never NaN
+    assert segment.refine(hm, images, 4, channel=-1).heatmap.shape == heat.shape
+    zero = Heatmaps(np.zeros_like(heat), np.zeros_like(heat), np.zeros(len(heat), np.float32), {})
+    z = segment.refine(zero, images, 4)
+    assert not np.isnan(z.heatmap).any() and not z.heatmap.any() and not z.raw_maps().any()
+    with pytest.raises(SegmentError, match="guide channel=3"):
+        segment.refine(hm, images, 4, channel=3)
+    with pytest.raises(CamError, match="do not match"):
+        segment.refine(hm, images[:2], 4)
+    setting = {"rule": "threshold", "value": 0.5, "normalisation": "per_image", "head_gate": False, "prob_gate": 0.0,
+               "cleanup": False, "guided_radius": 4}
+    with pytest.raises(SegmentError, match="radius 4.*pass the images"):
+        segment.apply_setting(hm, setting)
+    assert np.array_equal(segment.apply_setting(hm, setting, images=images), fine.heatmap >= 0.5)
+
+
+def test_sweep_settings_covers_radii_and_scales_and_picks_per_refinement():
+    from camseg_utils.cams import Heatmaps
+
+    images, gt, heat = _blurred_disks(n=8, seed=1)
+    peak = heat.reshape(len(heat), -1).max(1)
+    hm = Heatmaps(heat / peak[:, None, None], heat / peak[:, None, None], peak, {})
+    heads = np.ones_like(gt)
+    args = (hm, images, gt, heads, None, [0.3, 0.5], [10])
+    rows = segment.sweep_settings(*args, guided_radii=(0, 2, 4), head_gates=(True,), prob_gates=(0.0,))
+    assert len(rows) == 3 * 2 * (2 + 1 + 1)
+    assert {r["refine"] for r in rows if r["guided_radius"] == 0} == {"none"}
+    assert {r["refine"] for r in rows if r["guided_radius"] > 0} == {"guided"}
+    plain = segment.sweep(segment.scaled_heatmaps(hm, "per_image"), gt, heads, None, [0.3, 0.5], [10], (True,), (0.0,))
+    assert [r["mean_dice"] for r in rows[:len(plain)]] == [r["mean_dice"] for r in plain]
+    best = segment.best_settings(rows)
+    assert list(best) == ["none", "guided"]
+    for kind, b in best.items():
+        assert b["mean_dice"] == max(r["mean_dice"] for r in rows if r["refine"] == kind)
+        masks = segment.apply_setting(hm, b, heads, images=images)  # the row alone reproduces its number
+        assert metrics.mean_dice(masks, gt) == pytest.approx(b["mean_dice"])
+    assert best["guided"]["mean_dice"] > best["none"]["mean_dice"]
+    with pytest.raises(SegmentError, match="guided_radii"):
+        segment.sweep_settings(*args, guided_radii=(0, 1.5))
