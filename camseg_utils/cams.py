@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -292,9 +293,21 @@ def compute_heatmaps(
             hb, rb, _ = fast_cams(net, targets, xb, method, fuse)
             hb, rb = hb.cpu().numpy(), rb.cpu().numpy()
         else:  # ScoreCAM's inner batch of masked images: larger on a GPU, where small batches waste it
-            hb, rb = library_cams(net, targets, xb, method, fuse, batch_size=256 if device.type == "cuda" else 32)
+            with _numpy_seeded(seed, i):  # RandomCAM draws its channel weights from numpy's global generator
+                hb, rb = library_cams(net, targets, xb, method, fuse, batch_size=256 if device.type == "cuda" else 32)
         heat[i:i + len(xb)], raw[i:i + len(xb)] = hb, rb
     return heat, raw
+
+
+@contextmanager
+def _numpy_seeded(*seed: int):
+    """numpy's global generator seeded with ``seed`` inside the block, and restored after it."""
+    state = np.random.get_state()
+    np.random.seed(list(seed))
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def checkpoint_id(path: str | Path) -> str:
