@@ -9,7 +9,7 @@ brighter than ``HEAD_LEVEL`` in any channel, holes filled; clean-up is an openin
 3 x 3 cross followed by keeping the largest connected component. The refinement is He et al.'s
 guided filter (ECCV 2010) with one image channel as the guide (``GUIDE_CHANNEL``: FLAIR, the
 sequence the LGG masks were drawn on, and the synthetic generator's tumour-bright channel): a
-CAM comes from a feature map 8-32 x coarser than the image and is bilinearly blown up, so its
+CAM comes from a feature map 4-32 x coarser than the image (our zoo's middle and last blocks) and is bilinearly blown up, so its
 edges fall between anatomy; the filter re-draws them along the guide's edges. It uses the image,
 not labels; 05 chooses its radius on validation, radius 0 meaning the heatmap alone.
 """
@@ -189,6 +189,8 @@ def refine(heatmaps, images: np.ndarray, radius: int, eps: float = GUIDED_EPS, c
     Both scales are filtered: the raw map (clipped at 0, since the filter may undershoot) and the
     per-image map (clipped, then min-max normalised again, as pytorch-grad-cam scales its maps).
     """
+    import torch
+
     from .cams import Heatmaps, check_pair, minmax
 
     if not radius:
@@ -196,8 +198,6 @@ def refine(heatmaps, images: np.ndarray, radius: int, eps: float = GUIDED_EPS, c
     check_pair(images, heatmaps.heatmap)
     guide = guide_images(images, channel)
     raw = np.clip(guided_filter(heatmaps.raw_maps(), guide, radius, eps, device), 0, None)
-    import torch
-
     heat = minmax(torch.from_numpy(np.clip(guided_filter(heatmaps.heatmap, guide, radius, eps, device), 0, None))).numpy()
     peak = raw.reshape(len(raw), -1).max(1) if raw.size else np.zeros(0, np.float32)
     return Heatmaps(heat, raw / np.maximum(peak, 1e-30)[:, None, None], peak.astype(np.float32),
