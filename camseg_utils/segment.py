@@ -133,44 +133,58 @@ def apply_setting(heatmaps, setting, heads: np.ndarray | None = None, probs: np.
                     setting["prob_gate"], bool(setting["cleanup"]))
 
 
-def _box(x, r: int):
-    """Mean over the (2r + 1)^2 window around each pixel, counting only pixels inside the image.
-
-    Separable (a column pass, then a row pass): O(r) per pixel instead of O(r^2), the same result,
-    since a window clipped at the border is still a rectangle."""
+def _box1d(x, r: int, dim: int):
+    """Mean over the 2r + 1 pixels around each one along ``dim`` (1 or 2) of N x H x W, clipped at the
+    border: differences of a cumulative sum, so O(1) per pixel whatever r (float32 sums over one row
+    or column are exact to ~1e-6 for values in [0, 1])."""
+    import torch
     import torch.nn.functional as F
 
-    k = 2 * r + 1
-    x = F.avg_pool2d(x[:, None], (k, 1), 1, (r, 0), count_include_pad=False)
-    return F.avg_pool2d(x, (1, k), 1, (0, r), count_include_pad=False)[:, 0]
+    n = x.shape[dim]
+    c = F.pad(x.cumsum(dim), (1, 0) if dim == 2 else (0, 0, 1, 0))
+    i = torch.arange(n, device=x.device)
+    hi, lo = (i + r + 1).clamp(max=n), (i - r).clamp(min=0)
+    count = (hi - lo).to(x.dtype)
+    return (c.index_select(dim, hi) - c.index_select(dim, lo)) / (count[:, None] if dim == 1 else count)
 
 
-def guided_filter(p: np.ndarray, guide: np.ndarray, radius: int, eps: float = GUIDED_EPS, device=None,
-                  chunk: int = 128) -> np.ndarray:
+def _box(x, r: int):
+    """Mean over the (2r + 1)^2 window around each pixel, counting only pixels inside the image (a window
+    clipped at the border is still a rectangle, so the filter separates into a column and a row pass)."""
+    return _box1d(_box1d(x, r, 1), r, 2)
+
+
+def guided_filter(p, guide: np.ndarray, radius: int, eps: float = GUIDED_EPS, device=None, chunk: int = 128):
     """He et al.'s guided filter of N x H x W maps ``p`` by N x H x W ``guide`` (float, ~[0, 1]).
 
     Per window, p is fitted as a * guide + b (ridge ``eps`` on a); the output averages the fits
     of the windows covering each pixel. Linear in ``p``; float32 on the CPU, in chunks on ``device``.
+    ``p`` may be a tuple of such maps: they share the guide's window statistics, and a tuple comes back.
     """
     import torch
 
-    p, guide = np.asarray(p), np.asarray(guide)
-    if p.ndim != 3 or p.shape != guide.shape:
-        raise SegmentError(f"guided filter: maps {p.shape} and guide {guide.shape} must both be N x H x W, same shape")
+    maps = tuple(np.asarray(m) for m in p) if isinstance(p, tuple) else (np.asarray(p),)
+    guide = np.asarray(guide)
+    for m in maps:
+        if m.ndim != 3 or m.shape != guide.shape:
+            raise SegmentError(f"guided filter: maps {m.shape} and guide {guide.shape} must both be N x H x W, same shape")
     if int(radius) != radius or radius < 1:
         raise SegmentError(f"guided radius={radius}: expected a whole number of pixels >= 1")
     if not eps > 0:
         raise SegmentError(f"guided eps={eps}: expected a positive number")
     dev, r = _device(device), int(radius)
-    out = np.empty(p.shape, np.float32)
-    for s in range(0, len(p), chunk):
-        x = torch.from_numpy(np.asarray(p[s:s + chunk], np.float32)).to(dev)
+    outs = tuple(np.empty(guide.shape, np.float32) for _ in maps)
+    for s in range(0, len(guide), chunk):
         g = torch.from_numpy(np.asarray(guide[s:s + chunk], np.float32)).to(dev)
-        mg, mx = _box(g, r), _box(x, r)
-        a = (_box(g * x, r) - mg * mx) / (_box(g * g, r) - mg * mg + eps)
-        b = mx - a * mg
-        out[s:s + chunk] = (_box(a, r) * g + _box(b, r)).cpu().numpy()
-    return out
+        mg = _box(g, r)
+        var = _box(g * g, r) - mg * mg + eps
+        for m, out in zip(maps, outs):
+            x = torch.from_numpy(np.asarray(m[s:s + chunk], np.float32)).to(dev)
+            mx = _box(x, r)
+            a = (_box(g * x, r) - mg * mx) / var
+            b = mx - a * mg
+            out[s:s + chunk] = (_box(a, r) * g + _box(b, r)).cpu().numpy()
+    return outs if isinstance(p, tuple) else outs[0]
 
 
 def guide_images(images: np.ndarray, channel: int = GUIDE_CHANNEL) -> np.ndarray:
@@ -197,8 +211,9 @@ def refine(heatmaps, images: np.ndarray, radius: int, eps: float = GUIDED_EPS, c
         return heatmaps
     check_pair(images, heatmaps.heatmap)
     guide = guide_images(images, channel)
-    raw = np.clip(guided_filter(heatmaps.raw_maps(), guide, radius, eps, device), 0, None)
-    heat = minmax(torch.from_numpy(np.clip(guided_filter(heatmaps.heatmap, guide, radius, eps, device), 0, None))).numpy()
+    raw, heat = guided_filter((heatmaps.raw_maps(), heatmaps.heatmap), guide, radius, eps, device)
+    raw = np.clip(raw, 0, None)
+    heat = minmax(torch.from_numpy(np.clip(heat, 0, None))).numpy()
     peak = raw.reshape(len(raw), -1).max(1) if raw.size else np.zeros(0, np.float32)
     return Heatmaps(heat, raw / np.maximum(peak, 1e-30)[:, None, None], peak.astype(np.float32),
                     dict(heatmaps.meta, guided_radius=int(radius), guided_eps=float(eps), guide_channel=int(channel)))

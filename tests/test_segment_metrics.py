@@ -248,6 +248,8 @@ def test_guided_filter_matches_a_window_by_window_reference():
     # linear in the map; a flat guide reduces it to a (doubly) smoothed map; the guide itself passes through
     out = segment.guided_filter(p, g, 2)
     assert np.allclose(segment.guided_filter(3 * p, g, 2), 3 * out, atol=1e-5)
+    both = segment.guided_filter((p, 3 * p), g, 2, chunk=2)  # maps sharing one guide come back together
+    assert np.allclose(both[0], out, atol=1e-6) and np.allclose(both[1], 3 * out, atol=1e-5)
     flat = segment.guided_filter(p, np.full_like(g, 0.5), 2)
     assert np.allclose(flat, _guided_reference(p, np.full_like(g, 0.5), 2, 1e-3), atol=1e-5)
     assert np.allclose(segment.guided_filter(g, g, 2, eps=1e-8), g, atol=1e-3)
