@@ -1,4 +1,5 @@
-// Open notebook 04 in JupyterLab, run all cells, move the threshold slider, check the figure redraws.
+// Open notebook 04 in JupyterLab, run all cells, move the threshold slider, then the guided-radius
+// slider (the last one), and check that the figure redraws each time.
 // Run through tools/check_jupyterlab.sh (it starts and stops the server). Needs node, playwright-core
 // and a Chromium; prints a JSON line and exits non-zero when the figure does not redraw.
 const { chromium } = require('playwright-core');
@@ -27,7 +28,18 @@ const { chromium } = require('playwright-core');
   const label1 = await page.locator('.widget-slider .widget-readout').first().innerText();
   const after = await page.locator('.widget-vbox img').first().getAttribute('src');
   await page.screenshot({ path: `${process.env.SHOTS || '.'}/jupyterlab_after.png` });
-  console.log(JSON.stringify({ label0, label1, redrawn: before !== after }));
+  // the guided-radius slider: each new radius refines the split once, then redraws
+  const radius = page.locator('.widget-slider .noUi-handle').last();
+  const r0 = await page.locator('.widget-slider .widget-readout').last().innerText();
+  await radius.focus();
+  for (let i = 0; i < 2; i++) { await page.keyboard.press('ArrowRight'); }
+  await radius.dispatchEvent('mouseup');
+  await page.waitForTimeout(8000);
+  const r1 = await page.locator('.widget-slider .widget-readout').last().innerText();
+  const afterRadius = await page.locator('.widget-vbox img').first().getAttribute('src');
+  await page.screenshot({ path: `${process.env.SHOTS || '.'}/jupyterlab_radius.png` });
+  const result = { label0, label1, redrawn: before !== after, radius0: r0, radius1: r1, radiusRedrawn: after !== afterRadius };
+  console.log(JSON.stringify(result));
   await browser.close();
-  if (label0 === label1 || before === after) process.exit(1);
+  if (label0 === label1 || before === after || r0 === r1 || after === afterRadius) process.exit(1);
 })().catch(e => { console.error(e); process.exit(1); });
