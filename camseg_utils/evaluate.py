@@ -121,7 +121,8 @@ def _write_report(out_dir: Path, r: dict) -> None:
              f"- data: `{r['data']}`: {r['slices']} slices of {r['patients']} patients, {r['slices_with_mask']} with a mask",
              f"- classifier: {r['classifier']}; CAM: {s['method']} @ {s['layer']} (fuse {s['fuse']}), rule {s['rule']} "
              f"{s['value']:g}, scale {s['normalisation']}, head gate {s['head_gate']}, classifier gate {s['prob_gate']}, "
-             f"clean-up {s['cleanup']}; all chosen on the run's validation split, applied unchanged",
+             f"clean-up {s['cleanup']}, guided refinement radius {s.get('guided_radius', 0)} (0: none); all chosen on the "
+             f"run's validation split, applied unchanged",
              f"- images were resized from {r['resized_from']} to {r['image_size']} x {r['image_size']} exactly as in training"
              if r["resized_from"] else f"- images already at the run's size ({r['image_size']} x {r['image_size']})",
              f"- {r['seconds']:.0f} s", ""]

@@ -125,6 +125,7 @@ def test_evaluate_on_new_synthetic_patients_gives_a_complete_report(smoke_run, t
     assert all((tmp_path / "out" / p).exists() for p in pred["cam_mask"]) and pred["cam_dice"].notna().any()
     md = (tmp_path / "out" / "report.md").read_text()
     assert "resized from [64] to 48 x 48" in md and "U-Net (supervised)" in md and str(run_dir) in md
+    assert "guided refinement radius" in md
     # nothing was written into the data folder
     assert not list((tmp_path / "cohort").rglob("*_cam.png"))
 
