@@ -17,29 +17,26 @@ const { chromium } = require('playwright-core');
   await page.waitForTimeout(3000);
   const outImg = page.locator('.widget-vbox img').first();
   await outImg.waitFor({ timeout: 60000 });
-  const before = await outImg.getAttribute('src');
-  const label0 = await page.locator('.widget-slider .widget-readout').first().innerText();
   await outImg.scrollIntoViewIfNeeded();
   await page.screenshot({ path: `${process.env.SHOTS || '.'}/jupyterlab_before.png` });
-  await slider.focus();
-  for (let i = 0; i < 4; i++) { await page.keyboard.press('ArrowRight'); }
-  await slider.dispatchEvent('mouseup');
-  await page.waitForTimeout(6000);
-  const label1 = await page.locator('.widget-slider .widget-readout').first().innerText();
-  const after = await page.locator('.widget-vbox img').first().getAttribute('src');
-  await page.screenshot({ path: `${process.env.SHOTS || '.'}/jupyterlab_after.png` });
-  // the guided-radius slider: each new radius refines the split once, then redraws
-  const radius = page.locator('.widget-slider .noUi-handle').last();
-  const r0 = await page.locator('.widget-slider .widget-readout').last().innerText();
-  await radius.focus();
-  for (let i = 0; i < 2; i++) { await page.keyboard.press('ArrowRight'); }
-  await radius.dispatchEvent('mouseup');
-  await page.waitForTimeout(8000);
-  const r1 = await page.locator('.widget-slider .widget-readout').last().innerText();
-  const afterRadius = await page.locator('.widget-vbox img').first().getAttribute('src');
-  await page.screenshot({ path: `${process.env.SHOTS || '.'}/jupyterlab_radius.png` });
-  const result = { label0, label1, redrawn: before !== after, radius0: r0, radius1: r1, radiusRedrawn: after !== afterRadius };
-  console.log(JSON.stringify(result));
+  const figure = () => page.locator('.widget-vbox img').first().getAttribute('src');
+  // press ArrowRight on one slider (first or last), release it, wait for the redraw, screenshot
+  async function move(which, presses, wait, shot) {
+    const readout = () => page.locator('.widget-slider .widget-readout')[which]().innerText();
+    const handle = page.locator('.widget-slider .noUi-handle')[which]();
+    const label0 = await readout(), before = await figure();
+    await handle.focus();
+    for (let i = 0; i < presses; i++) { await page.keyboard.press('ArrowRight'); }
+    await handle.dispatchEvent('mouseup');
+    await page.waitForTimeout(wait);
+    const label1 = await readout(), after = await figure();
+    await page.screenshot({ path: `${process.env.SHOTS || '.'}/${shot}` });
+    return { label0, label1, redrawn: before !== after };
+  }
+  const t = await move('first', 4, 6000, 'jupyterlab_after.png');
+  // the guided-radius slider (the last): each new radius refines the split once, then redraws
+  const r = await move('last', 2, 8000, 'jupyterlab_radius.png');
+  console.log(JSON.stringify({ ...t, radius0: r.label0, radius1: r.label1, radiusRedrawn: r.redrawn }));
   await browser.close();
-  if (label0 === label1 || before === after || r0 === r1 || after === afterRadius) process.exit(1);
+  if (t.label0 === t.label1 || !t.redrawn || r.label0 === r.label1 || !r.redrawn) process.exit(1);
 })().catch(e => { console.error(e); process.exit(1); });
