@@ -9,8 +9,9 @@ brighter than ``HEAD_LEVEL`` in any channel, holes filled; clean-up is an openin
 3 x 3 cross followed by keeping the largest connected component. The refinement is He et al.'s
 guided filter (ECCV 2010) with one image channel as the guide (``GUIDE_CHANNEL``: FLAIR, the
 sequence the LGG masks were drawn on, and the synthetic generator's tumour-bright channel): a
-CAM comes from a feature map 4-32 x coarser than the image (our zoo's middle and last blocks) and is bilinearly blown up, so its
-edges fall between anatomy; the filter re-draws them along the guide's edges. It uses the image,
+CAM comes from a feature map 4-32 x coarser than the image (our zoo's middle and last blocks)
+and is bilinearly blown up, so its edges fall between anatomy; the filter re-draws them along
+the guide's edges. It uses the image,
 not labels; 05 chooses its radius on validation, radius 0 meaning the heatmap alone.
 """
 
@@ -112,14 +113,18 @@ def scaled_heatmaps(heatmaps, normalisation: str = "per_image", reference: float
 
 def setting_heatmaps(heatmaps, setting, images: np.ndarray | None = None, device=None):
     """``heatmaps`` refined as a chosen setting says (its ``guided_radius``, ``guided_eps``, ``guide_channel``;
-    a setting without them, from an older run, means no refinement)."""
+    a setting without them, from an older run, means no refinement). Heatmaps that :func:`refine`
+    already made with those values (their ``meta`` says so) are returned as they are."""
     radius = int(setting.get("guided_radius", 0) or 0)
     if not radius:
         return heatmaps
+    eps, channel = float(setting.get("guided_eps", GUIDED_EPS)), int(setting.get("guide_channel", GUIDE_CHANNEL))
+    meta = heatmaps.meta or {}
+    if (meta.get("guided_radius"), meta.get("guided_eps"), meta.get("guide_channel")) == (radius, eps, channel):
+        return heatmaps
     if images is None:
         raise SegmentError(f"this setting refines heatmaps with a guided filter (radius {radius}): pass the images")
-    return refine(heatmaps, images, radius, float(setting.get("guided_eps", GUIDED_EPS)),
-                  int(setting.get("guide_channel", GUIDE_CHANNEL)), device)
+    return refine(heatmaps, images, radius, eps, channel, device)
 
 
 def apply_setting(heatmaps, setting, heads: np.ndarray | None = None, probs: np.ndarray | None = None,

@@ -305,6 +305,9 @@ def test_refine_redraws_a_coarse_heatmap_along_the_image_edges():
     with pytest.raises(SegmentError, match="radius 4.*pass the images"):
         segment.apply_setting(hm, setting)
     assert np.array_equal(segment.apply_setting(hm, setting, images=images), fine.heatmap >= 0.5)
+    # heatmaps refined as the setting says are used as they are, not refined twice (no images needed)
+    assert segment.setting_heatmaps(fine, setting) is fine
+    assert np.array_equal(segment.apply_setting(fine, setting), fine.heatmap >= 0.5)
 
 
 def test_sweep_settings_covers_radii_and_scales_and_picks_per_refinement():
