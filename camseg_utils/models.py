@@ -4,8 +4,9 @@ Our design decisions (not the paper's):
 - torchvision backbones keep their convolutional features; the head is replaced by
   global average pooling, dropout and a 2-class linear layer (for VGG this drops the
   100-M-parameter fully connected block, which over-fits small medical sets from scratch).
-- Every model names its target layers: ``last`` (the last convolutional block) and
-  ``middle`` (a block at twice that resolution), plus each block by its own name.
+- Every model names its target layers: ``last`` (the last convolutional block),
+  ``middle`` (a block at twice that resolution) and ``early`` (four times), plus each block
+  by its own name. Finer blocks give finer heatmaps, but see less context.
 - No in-place operation touches a hooked tensor: every ReLU is made out-of-place and
   DenseNet's functional in-place ReLU after ``norm5`` is replaced (a known
   pytorch-grad-cam pitfall, where hooks see a tensor that was modified afterwards).
@@ -119,6 +120,7 @@ class ModelSpec:
     layers: dict[str, str]  # layer name -> dotted module path
     last: str
     middle: str
+    early: str  # a block at four times the last block's resolution
     torchvision_name: str | None = None
 
 
@@ -141,20 +143,22 @@ MODEL_ZOO: dict[str, ModelSpec] = {
         layers={"block2": "block2", "block3": "block3", "block4": "block4"},
         last="block4",
         middle="block3",
+        early="block2",
     ),
     "resnet18": ModelSpec(
-        _tv("resnet18", _ResNet), {f"layer{k}": f"layer{k}" for k in (2, 3, 4)}, "layer4", "layer3", "resnet18"
+        _tv("resnet18", _ResNet), {f"layer{k}": f"layer{k}" for k in (2, 3, 4)}, "layer4", "layer3", "layer2", "resnet18"
     ),
     "resnet50": ModelSpec(
-        _tv("resnet50", _ResNet), {f"layer{k}": f"layer{k}" for k in (2, 3, 4)}, "layer4", "layer3", "resnet50"
+        _tv("resnet50", _ResNet), {f"layer{k}": f"layer{k}" for k in (2, 3, 4)}, "layer4", "layer3", "layer2", "resnet50"
     ),
-    "vgg16": ModelSpec(_tv("vgg16", _VGG), _VGG16_LAYERS, "conv5", "conv4", "vgg16"),
-    "vgg11_bn": ModelSpec(_tv("vgg11_bn", _VGG), _VGG11BN_LAYERS, "conv5", "conv4", "vgg11_bn"),
+    "vgg16": ModelSpec(_tv("vgg16", _VGG), _VGG16_LAYERS, "conv5", "conv4", "conv3", "vgg16"),
+    "vgg11_bn": ModelSpec(_tv("vgg11_bn", _VGG), _VGG11BN_LAYERS, "conv5", "conv4", "conv3", "vgg11_bn"),
     "densenet121": ModelSpec(
         _tv("densenet121", _DenseNet),
         {"denseblock2": "features.denseblock2", "denseblock3": "features.denseblock3", "norm5": "features.norm5"},
         "norm5",
         "denseblock3",
+        "denseblock2",
         "densenet121",
     ),
 }
@@ -172,13 +176,13 @@ def get_spec(arch: str) -> ModelSpec:
 
 def layer_names(arch: str) -> list[str]:
     spec = get_spec(arch)
-    return ["last", "middle", *spec.layers]
+    return ["last", "middle", "early", *spec.layers]
 
 
 def resolve_layer(arch: str, name: str) -> str:
-    """'last' / 'middle' / a block name -> the block name."""
+    """'last' / 'middle' / 'early' / a block name -> the block name."""
     spec = get_spec(arch)
-    name = {"last": spec.last, "middle": spec.middle}.get(name, name)
+    name = {"last": spec.last, "middle": spec.middle, "early": spec.early}.get(name, name)
     if name not in spec.layers:
         raise ModelError(f"unknown layer {name!r} for {arch}; known: {', '.join(layer_names(arch))}")
     return name

@@ -15,23 +15,24 @@ def test_each_architecture_runs_forward_backward_and_names_layers(arch):
     x = torch.randn(2, 3, 64, 64)
     acts = {}
     hooks = [models.get_layer(m, arch, name).register_forward_hook(lambda mod, i, o, n=name: acts.__setitem__(n, o))
-             for name in ("last", "middle")]
+             for name in ("last", "middle", "early")]
     out = m(x)
     assert out.shape == (2, 2)
     out[:, 1].sum().backward()
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
     for h in hooks:
         h.remove()
-    # the middle layer has a finer grid than the last one
-    assert acts["middle"].shape[-1] > acts["last"].shape[-1]
-    assert set(models.layer_names(arch)) >= {"last", "middle"}
+    # the named layers' grids: early twice as fine as middle, middle twice as fine as last
+    assert acts["early"].shape[-2:] == tuple(2 * s for s in acts["middle"].shape[-2:])
+    assert acts["middle"].shape[-2:] == tuple(2 * s for s in acts["last"].shape[-2:])
+    assert set(models.layer_names(arch)) >= {"last", "middle", "early"}
     assert not any(getattr(mod, "inplace", False) for mod in m.modules())
 
 
 def test_unknown_architecture_and_layer_list_the_options():
     with pytest.raises(ModelError, match="known: small_cnn, resnet18"):
         models.build_model("alexnet")
-    with pytest.raises(ModelError, match="known: last, middle, layer2"):
+    with pytest.raises(ModelError, match="known: last, middle, early, layer2"):
         models.resolve_layer("resnet18", "layer9")
 
 
