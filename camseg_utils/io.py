@@ -34,6 +34,20 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp.unlink()
 
 
+def save_torch(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save`` atomically, so that the same content gives the same bytes.
+
+    Saved to a path, torch names the archive inside the file after it, and the temporary
+    name differs on every save; through a file object the name is fixed. Heatmap caches are
+    keyed by the checkpoint's hash, so a checkpoint re-saved unchanged keeps its caches.
+    """
+    import torch
+
+    with atomic_path(path, suffix=Path(path).suffix) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")

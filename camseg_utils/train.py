@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import DataError, Dataset, manifest_hash
-from .io import atomic_path
+from .io import save_torch
 from .models import build_model, get_spec
 
 
@@ -244,21 +244,16 @@ def train_classifier(
                   f"acc {tot_correct / seen:.3f} | val loss {val_loss:.3f} acc {vm['accuracy']:.3f} auc {vm['auc']:.3f}")
         if best is None or (vm["auc"], -val_loss) > (best["val_auc"], -best["val_loss"]):
             best = {"epoch": epoch + 1, "val_auc": vm["auc"], "val_loss": val_loss, "val_acc": vm["accuracy"]}
-            _save(out_dir / "best.pt", {**record, "model": model.state_dict(), "best": best})
-        _save(last_path, {"record": record, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            save_torch(out_dir / "best.pt", {**record, "model": model.state_dict(), "best": best})
+        save_torch(last_path, {"record": record, "model": model.state_dict(), "optimizer": opt.state_dict(),
                           "scheduler": sched.state_dict(), "generator": gen.get_state(),
                           "aug_generator": aug_gen.get_state(), "history": history,
                           "best": best, "epoch": epoch + 1, "torch_rng": torch.get_rng_state()})
     ckpt = torch.load(out_dir / "best.pt", map_location="cpu", weights_only=False)
     ckpt["history"] = history
     ckpt["train_seconds"] = history[-1]["seconds"] if history else 0.0
-    _save(out_dir / "best.pt", ckpt)
+    save_torch(out_dir / "best.pt", ckpt)
     return {k: v for k, v in ckpt.items() if k != "model"}
-
-
-def _save(path: Path, obj: dict) -> None:
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(obj, tmp)
 
 
 # ----------------------------------------------------------- checkpoints

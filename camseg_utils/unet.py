@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import Dataset
-from .io import atomic_path
+from .io import save_torch
 from .metrics import mean_dice
 from .train import Normalise, augment_batch, channel_stats, resolve_device, seed_everything, to_tensor, versions
 
@@ -128,6 +128,5 @@ def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 
     ckpt = {"config": config, "model": state, "norm_mean": mean, "norm_std": std, "best": best,
             "history": history, "versions": versions()}
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(ckpt, tmp)
+    save_torch(path, ckpt)
     return model.eval(), norm, ckpt

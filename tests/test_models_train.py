@@ -90,6 +90,10 @@ def test_interrupted_training_resumes_where_it_stopped(tiny, tmp_path, monkeypat
     resumed = train.train_classifier(tr, va, cfg, tmp_path / "b", split_hash="h", progress=False)
     drop = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
     assert drop(resumed["history"]) == drop(full["history"])
+    # resuming a finished training re-saves best.pt byte for byte, so its hash (the heatmap caches' key) holds
+    before = (tmp_path / "b" / "best.pt").read_bytes()
+    again = train.train_classifier(tr, va, cfg, tmp_path / "b", split_hash="h", progress=False)
+    assert again["history"] == resumed["history"] and (tmp_path / "b" / "best.pt").read_bytes() == before
 
 
 def test_same_seed_same_model(tiny, tmp_path):
