@@ -9,7 +9,10 @@ the parameters its ``parameters`` cell declares, plus ``run_dir`` and ``figures_
 Resume: a stage is skipped when a record of its successful run exists whose key (a hash
 of the notebook, its parameters and the key of the stage before it) is unchanged. So an
 interrupted run resumes at the first unfinished stage, and a changed parameter re-runs
-the stage it touches and everything after it. ``--force`` re-runs everything.
+the stage it touches and everything after it. ``--force`` re-runs everything. The key
+leaves out where the run and figures folders are (every output lives inside the run
+folder), so a copy of a run folder resumes as the original would: copy one to try a
+variant with ``--from``.
 """
 
 from __future__ import annotations
@@ -89,10 +92,13 @@ def stage_parameters(preset: dict, stage: str, overrides: dict, run_dir: Path, f
     return {k: v for k, v in params.items() if k in declared}
 
 
+LOCATIONS = ("run_dir", "figures_dir")  # where a run lives, not what it computes: not in the key
+
+
 def _key(stage: str, params: dict, previous: str) -> str:
     nb = (NOTEBOOK_DIR / f"{stage}.ipynb").read_bytes()
     h = hashlib.sha256(nb)
-    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    h.update(json.dumps({k: v for k, v in params.items() if k not in LOCATIONS}, sort_keys=True, default=str).encode())
     h.update(previous.encode())
     return h.hexdigest()[:20]
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import nbformat
 import pandas as pd
@@ -63,6 +64,18 @@ def test_resume_skips_finished_stages(smoke_run, capsys):
     out = capsys.readouterr().out
     assert out.count("up to date, skipped") == 6
     assert (run_dir / "stages" / "06_filtered_retrain.json").read_text() == before
+
+
+def test_a_copied_run_folder_resumes_like_the_original(smoke_run, tmp_path, capsys):
+    run_dir, _ = smoke_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    pipeline.run("smoke", run_dir=copy, figures_dir=tmp_path / "fig", progress=False)
+    assert capsys.readouterr().out.count("up to date, skipped") == 6
+    # a changed parameter still re-runs the stage it touches (stopping there keeps the test short)
+    pipeline.run("smoke", {"01_data.seed": 1}, run_dir=copy, figures_dir=tmp_path / "fig", progress=False,
+                 stop="01_data")
+    assert "[01_data] done" in capsys.readouterr().out
 
 
 def test_same_seed_same_metrics(smoke_run, tmp_path):
