@@ -8,6 +8,7 @@ alone (refine none) and with the guided refinement (radius chosen on validation)
 last (it takes longest).
 
     python benchmarks/bench_dice_lgg.py [--root ../shared/data/lgg/kaggle_3m] [--size 256] [--arch resnet18]
+    python benchmarks/bench_dice_lgg.py --unet-only --unet-width 8 --unet-epochs 20   # the U-Net reference alone
 """
 
 import argparse
@@ -32,6 +33,7 @@ ap.add_argument("--unet-width", type=int, default=32)
 ap.add_argument("--unet-lr", type=float, default=1e-3, help="one-cycle peak (the LGG presets' value)")
 ap.add_argument("--guided-radii", nargs="+", type=int, default=None,
                 help="guided-filter radii to choose from (0: none); default 0, size/16, size/8")
+ap.add_argument("--unet-only", action="store_true", help="skip the classifier and the heatmaps: the U-Net alone")
 ap.add_argument("--device", default="auto")
 args = ap.parse_args()
 dev = train.resolve_device(args.device)
@@ -44,8 +46,10 @@ print(f"device: {train.device_name(dev)}; LGG {len(ds)} slices at {args.size}, s
 gt_v, gt_t = np.asarray(va.masks), np.asarray(te.masks)
 heads_v, heads_t = segment.head_masks(va.images), segment.head_masks(te.images)
 pat_v, pat_t = va.manifest.patient.to_numpy(), te.manifest.patient.to_numpy()
-with tempfile.TemporaryDirectory() as tmp:
-    tmp = Path(tmp)
+
+
+def cam_protocol(tmp: Path) -> dict:
+    """Train the classifier, then choose every CAM knob on validation and score on test."""
     cfg = train.TrainConfig(arch=args.arch, epochs=args.epochs, batch_size=64, lr=1e-3, device=args.device)
     train.train_classifier(tr, va, cfg, tmp / "clf", progress=False)
     model, norm, meta = train.load_classifier(tmp / "clf" / "best.pt", device=dev)
@@ -72,11 +76,19 @@ with tempfile.TemporaryDirectory() as tmp:
     for kind, (_, mth, layer, s) in best.items():
         print(f"best CAM, refine {kind} (chosen on validation): {mth} @ {layer}, test mean-Dice {s['mean_dice']:.3f}, "
               f"patient Dice {s['patient_dice']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return best
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    tmp = Path(tmp)
+    best = {} if args.unet_only else cam_protocol(tmp)
     tu = time.perf_counter()
     net, unorm, uck = unet.train_unet(tr, va, tmp / "unet", epochs=args.unet_epochs, width=args.unet_width,
-                                      lr=args.unet_lr, device=args.device, progress=False)
+                                      lr=args.unet_lr, device=args.device, progress=args.unet_only)
     u = metrics.score_masks(unet.predict_masks(net, unorm, te.images), gt_t, pat_t)
-    print(f"U-Net (width {args.unet_width}, {args.unet_epochs} epochs, {time.perf_counter() - tu:.0f} s): test mean-Dice "
+    print(f"U-Net (width {args.unet_width}, {args.unet_epochs} epochs, {time.perf_counter() - tu:.0f} s; best epoch "
+          f"{uck['best']['epoch']}, val mean-Dice {uck['best']['val_mean_dice']:.3f}): test mean-Dice "
           f"{u['mean_dice']:.3f} [{u['mean_dice_ci'][0]:.3f}, {u['mean_dice_ci'][1]:.3f}], patient Dice "
-          f"{u['patient_dice']:.3f}; best CAM / U-Net: "
-          + ", ".join(f"{k} {v[3]['mean_dice'] / u['mean_dice']:.2f}" for k, v in best.items()), flush=True)
+          f"{u['patient_dice']:.3f} [{u['patient_dice_ci'][0]:.3f}, {u['patient_dice_ci'][1]:.3f}]"
+          + ("; best CAM / U-Net: " + ", ".join(f"{k} {v[3]['mean_dice'] / u['mean_dice']:.2f}" for k, v in best.items())
+             if best else ""), flush=True)
