@@ -11,8 +11,8 @@ guided filter (ECCV 2010) with one image channel as the guide (``GUIDE_CHANNEL``
 sequence the LGG masks were drawn on, and the synthetic generator's tumour-bright channel): a
 CAM comes from a feature map 2-32 x coarser than the image (our zoo's early, middle and last blocks)
 and is bilinearly blown up, so its edges fall between anatomy; the filter re-draws them along
-the guide's edges. It uses the image,
-not labels; 05 chooses its radius on validation, radius 0 meaning the heatmap alone.
+the guide's edges. It uses the image, not labels; 05 chooses its radius on validation, radius 0
+meaning the heatmap alone.
 """
 
 from __future__ import annotations
