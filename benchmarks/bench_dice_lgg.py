@@ -3,15 +3,17 @@ U-Net mean-Dice >= 0.75 and patient Dice >= 0.82 at 256 x 256). Prints every num
 
 A condensed notebook 02 + 05 for one architecture, with the same functions and protocol: every
 knob chosen on validation per (method, layer), scored once on test with patient-bootstrap CIs.
-Clean-up is left out here to keep the run short. Each (method, layer) is scored with the heatmap
+The CAMs' clean-up is left out here to keep the run short. Each (method, layer) is scored with the heatmap
 alone (refine none) and with the guided refinement (radius chosen on validation). The U-Net comes
-last (it takes longest).
+last (it takes longest), with its 3-D clean-up chosen on validation as in 05.
 
     python benchmarks/bench_dice_lgg.py [--root ../shared/data/lgg/kaggle_3m] [--size 256] [--arch resnet18]
     python benchmarks/bench_dice_lgg.py --unet-only --unet-width 8 --unet-epochs 20   # the U-Net reference alone
+    python benchmarks/bench_dice_lgg.py --unet-only ... --out DIR   # keep the checkpoints: a rerun resumes from them
 """
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
@@ -33,8 +35,12 @@ ap.add_argument("--unet-width", type=int, default=32)
 ap.add_argument("--unet-lr", type=float, default=1e-3, help="one-cycle peak (the LGG presets' value)")
 ap.add_argument("--guided-radii", nargs="+", type=int, default=None,
                 help="guided-filter radii to choose from (0: none); default 0, size/16, size/8")
+ap.add_argument("--volume-cleanups", nargs="+", type=float, default=[0.0, 0.1, 0.3, 1.0],
+                help="U-Net 3-D clean-up fractions to choose from on validation (0: none)")
 ap.add_argument("--unet-only", action="store_true", help="skip the classifier and the heatmaps: the U-Net alone")
 ap.add_argument("--device", default="auto")
+ap.add_argument("--out", default=None,
+                help="keep checkpoints and heatmaps here (a later run with the same settings resumes from them); default: a temporary folder")
 args = ap.parse_args()
 dev = train.resolve_device(args.device)
 radii = args.guided_radii or [0, args.size // 16, args.size // 8]
@@ -79,16 +85,24 @@ def cam_protocol(tmp: Path) -> dict:
     return best
 
 
-with tempfile.TemporaryDirectory() as tmp:
+with (contextlib.nullcontext(args.out) if args.out else tempfile.TemporaryDirectory()) as tmp:
     tmp = Path(tmp)
     best = {} if args.unet_only else cam_protocol(tmp)
     tu = time.perf_counter()
     net, unorm, uck = unet.train_unet(tr, va, tmp / "unet", epochs=args.unet_epochs, width=args.unet_width,
                                       lr=args.unet_lr, device=args.device, progress=args.unet_only)
-    u = metrics.score_masks(unet.predict_masks(net, unorm, te.images), gt_t, pat_t)
     print(f"U-Net (width {args.unet_width}, {args.unet_epochs} epochs, {time.perf_counter() - tu:.0f} s; best epoch "
-          f"{uck['best']['epoch']}, val mean-Dice {uck['best']['val_mean_dice']:.3f}): test mean-Dice "
-          f"{u['mean_dice']:.3f} [{u['mean_dice_ci'][0]:.3f}, {u['mean_dice_ci'][1]:.3f}], patient Dice "
-          f"{u['patient_dice']:.3f} [{u['patient_dice_ci'][0]:.3f}, {u['patient_dice_ci'][1]:.3f}]"
-          + ("; best CAM / U-Net: " + ", ".join(f"{k} {v[3]['mean_dice'] / u['mean_dice']:.2f}" for k, v in best.items())
-             if best else ""), flush=True)
+          f"{uck['best']['epoch']}, val mean-Dice {uck['best']['val_mean_dice']:.3f})", flush=True)
+    # the 3-D clean-up as 05 does it: the fraction chosen on validation (by mean-Dice); 0 = the raw masks
+    frac, val_rows = unet.choose_volume_cleanup(net, unorm, va, args.volume_cleanups)
+    for r in val_rows:
+        uf = metrics.score_masks(unet.predict_volumes(net, unorm, te, r["volume_cleanup"]), gt_t, pat_t)
+        print(f"  3-D clean-up {r['volume_cleanup']:g}{' (chosen)' if r['volume_cleanup'] == frac else ''}: val mean-Dice "
+              f"{r['mean_dice']:.3f}, patient Dice {r['patient_dice']:.3f} -> test mean-Dice {uf['mean_dice']:.3f} "
+              f"[{uf['mean_dice_ci'][0]:.3f}, {uf['mean_dice_ci'][1]:.3f}], patient Dice {uf['patient_dice']:.3f} "
+              f"[{uf['patient_dice_ci'][0]:.3f}, {uf['patient_dice_ci'][1]:.3f}], FP area {uf['fp_area']:.5f}", flush=True)
+        if r["volume_cleanup"] == frac:
+            u = uf
+    if best:
+        print("best CAM / U-Net (chosen 3-D clean-up): "
+              + ", ".join(f"{k} {v[3]['mean_dice'] / u['mean_dice']:.2f}" for k, v in best.items()), flush=True)

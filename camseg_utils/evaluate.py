@@ -5,7 +5,7 @@
 Everything comes from the run folder: the classifier (``models/<arch>/best.pt``), the U-Net
 (``models/unet/best.pt``), and the CAM setting and every knob that notebook 05 chose on the
 validation split (method, layer, fusion, rule and value, heatmap scale and its reference,
-head gate, classifier gate, clean-up). Nothing is tuned on the new data. Images of another
+head gate, classifier gate, clean-up; the U-Net's 3-D clean-up). Nothing is tuned on the new data. Images of another
 size are resized exactly as in training (the report says so); slices without a mask get
 predictions only.
 """
@@ -70,7 +70,8 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
                               loader=lambda: (model, norm, ckpt))
     cam_masks = segment.apply_setting(hm, best, heads, probs, images=ds.images, device=dev)
     net, unorm, _ = unet.load_unet(run_dir / "models" / "unet" / "best.pt", dev)
-    unet_masks = unet.predict_masks(net, unorm, ds.images, batch_size)
+    unet_cleanup = float(chosen.get("unet_volume_cleanup", 0.0))  # runs older than the 3-D clean-up: none
+    unet_masks = unet.predict_volumes(net, unorm, ds, unet_cleanup, batch_size)
 
     # outputs: masks as PNG beside an index of what was read (paths only, no copies of the images)
     rows = []
@@ -93,7 +94,8 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
               "classifier": arch, "cam_setting": {k: best[k] for k in ("method", "layer", "fuse", "rule", "value",
                                                                       "normalisation", "reference", "head_gate",
                                                                       "prob_gate", "cleanup", "guided_radius",
-                                                                      "guided_eps", "guide_channel") if k in best}}
+                                                                      "guided_eps", "guide_channel") if k in best},
+              "unet_volume_cleanup": unet_cleanup}
     if has.any():
         gt, pats = np.asarray(ds.masks)[has], m.patient.to_numpy()[has]
         index.loc[has, "cam_dice"] = metrics.dice(cam_masks[has], gt)
@@ -121,8 +123,8 @@ def _write_report(out_dir: Path, r: dict) -> None:
              f"- data: `{r['data']}`: {r['slices']} slices of {r['patients']} patients, {r['slices_with_mask']} with a mask",
              f"- classifier: {r['classifier']}; CAM: {s['method']} @ {s['layer']} (fuse {s['fuse']}), rule {s['rule']} "
              f"{s['value']:g}, scale {s['normalisation']}, head gate {s['head_gate']}, classifier gate {s['prob_gate']}, "
-             f"clean-up {s['cleanup']}, guided refinement radius {s.get('guided_radius', 0)} (0: none); all chosen on the "
-             f"run's validation split, applied unchanged",
+             f"clean-up {s['cleanup']}, guided refinement radius {s.get('guided_radius', 0)} (0: none); U-Net 3-D clean-up "
+             f"{r.get('unet_volume_cleanup', 0.0):g} (0: none); all chosen on the run's validation split, applied unchanged",
              f"- images were resized from {r['resized_from']} to {r['image_size']} x {r['image_size']} exactly as in training"
              if r["resized_from"] else f"- images already at the run's size ({r['image_size']} x {r['image_size']})",
              f"- {r['seconds']:.0f} s", ""]

@@ -13,6 +13,7 @@ import math
 import platform
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,11 @@ def check_classes(ds: Dataset, split: str) -> None:
         raise DataError(f"the {split} split ({len(y)} slices) has no {missing} slice; a classifier cannot be trained")
 
 
+# what last.pt must hold to be resumed (the device-side augmentation generator came in later)
+_RESUME_KEYS = ("record", "model", "optimizer", "scheduler", "generator", "aug_generator", "history", "best", "epoch",
+                "torch_rng")
+
+
 def train_classifier(
     train: Dataset,
     val: Dataset,
@@ -194,7 +200,11 @@ def train_classifier(
     last_path = out_dir / "last.pt"
     if resume and last_path.exists():
         state = torch.load(last_path, map_location=device, weights_only=False)
-        if state["record"]["config"] == record["config"] and state["record"]["split_hash"] == split_hash:
+        missing = [k for k in _RESUME_KEYS if k not in state]
+        if missing:  # an older camseg's last.pt: resuming would mix two recipes (or fail); start afresh
+            warnings.warn(f"{last_path} lacks {', '.join(missing)} (written by an older camseg): not resumed, "
+                          f"training {config.arch} from the first epoch", stacklevel=2)
+        elif state["record"]["config"] == record["config"] and state["record"]["split_hash"] == split_hash:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])

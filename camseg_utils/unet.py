@@ -4,6 +4,8 @@ Our design decisions: a 4-level U-Net (``width`` channels at full resolution, do
 level), batch norm, bilinear up-sampling; loss = BCE + soft Dice; the same on-device
 augmentation as the classifiers (geometry applied to image and mask alike); AdamW with a
 one-cycle schedule; bfloat16 autocast on CUDA; the epoch with the best validation mean-Dice is kept.
+Its masks may then be cleaned in 3-D (:func:`choose_volume_cleanup`): per scan, connected components
+smaller than a fraction of the largest are dropped, the fraction (0: none) chosen on validation.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch.nn.functional as F
 
 from .data import Dataset
 from .io import save_torch
-from .metrics import mean_dice
+from .metrics import mean_dice, score_masks
+from .segment import keep_volume_components
 from .train import Normalise, augment_batch, channel_stats, resolve_device, seed_everything, to_tensor, versions
 
 
@@ -66,6 +69,36 @@ def predict_masks(model: nn.Module, norm: Normalise, images: np.ndarray, batch_s
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out.append((model(xb).float() > 0).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], bool)
+
+
+def predict_volumes(model: nn.Module, norm: Normalise, part: Dataset, min_fraction: float = 0.0,
+                    batch_size: int = 32) -> np.ndarray:
+    """:func:`predict_masks` of a split, then :func:`segment.keep_volume_components` per scan (``case``)."""
+    masks = predict_masks(model, norm, part.images, batch_size)
+    return keep_volume_components(masks, part.manifest["case"], part.manifest["slice"], min_fraction)
+
+
+def choose_volume_cleanup(model: nn.Module, norm: Normalise, val: Dataset, fractions=(0.0, 0.1, 0.3, 1.0),
+                          select_by: str = "mean_dice") -> tuple[float, list[dict]]:
+    """The 3-D clean-up fraction with the best validation ``select_by`` (ties: the first listed), and
+    one row of validation scores per fraction."""
+    if select_by not in ("mean_dice", "patient_dice"):
+        raise ValueError(f"select_by={select_by!r}: expected 'mean_dice' or 'patient_dice'")
+    if not len(fractions):
+        raise ValueError("fractions is empty: give at least one (0 means no 3-D clean-up)")
+    masks = predict_masks(model, norm, val.images)
+    gt, patients = np.asarray(val.masks), val.manifest["patient"].to_numpy()
+    rows = []
+    for f in fractions:
+        kept = keep_volume_components(masks, val.manifest["case"], val.manifest["slice"], f)
+        s = score_masks(kept, gt, patients, n_boot=1)  # the point estimates only
+        rows.append({"volume_cleanup": float(f), "mean_dice": s["mean_dice"], "patient_dice": s["patient_dice"],
+                     "fp_area": s["fp_area"]})
+    best = rows[0]
+    for r in rows[1:]:
+        if r[select_by] > best[select_by]:  # strictly better: a tie keeps the one listed first
+            best = r
+    return best["volume_cleanup"], rows
 
 
 def load_unet(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Normalise, dict]:

@@ -96,6 +96,21 @@ def test_interrupted_training_resumes_where_it_stopped(tiny, tmp_path, monkeypat
     assert again["history"] == resumed["history"] and (tmp_path / "b" / "best.pt").read_bytes() == before
 
 
+def test_a_last_pt_of_an_older_camseg_is_not_resumed(tiny, tmp_path):
+    tr, va = tiny.split("train"), tiny.split("val")
+    cfg = train.TrainConfig(epochs=2, batch_size=16, device="cpu")
+    full = train.train_classifier(tr, va, cfg, tmp_path / "a", split_hash="h", progress=False)
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    state["epoch"], state["history"] = 1, state["history"][:1]  # as if interrupted after epoch 1 ...
+    del state["aug_generator"]  # ... by a version that did not save the augmentation generator
+    (tmp_path / "b").mkdir()
+    torch.save(state, tmp_path / "b" / "last.pt")
+    with pytest.warns(UserWarning, match="lacks aug_generator .* from the first epoch"):
+        again = train.train_classifier(tr, va, cfg, tmp_path / "b", split_hash="h", progress=False)
+    drop = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert drop(again["history"]) == drop(full["history"])
+
+
 def test_same_seed_same_model(tiny, tmp_path):
     tr, va = tiny.split("train"), tiny.split("val")
     cfg = train.TrainConfig(epochs=1, batch_size=16, device="cpu")

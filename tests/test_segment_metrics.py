@@ -333,3 +333,51 @@ def test_sweep_settings_covers_radii_and_scales_and_picks_per_refinement():
     assert best["guided"]["mean_dice"] > best["none"]["mean_dice"]
     with pytest.raises(SegmentError, match="guided_radii"):
         segment.sweep_settings(*args, guided_radii=(0, 1.5))
+
+
+def test_volume_cleanup_keeps_components_by_size_across_neighbouring_slices():
+    # One scan of 4 slices listed out of order (slice numbers 3, 1, 4, 2) and a second scan.
+    masks = np.zeros((6, 10, 10), bool)
+    slices = np.array([3, 1, 4, 2, 1, 2])
+    volumes = np.array(["a", "a", "a", "a", "b", "b"])
+    masks[1, 2:6, 2:6] = masks[3, 2:6, 2:6] = masks[0, 3:5, 3:5] = True  # slices 1-3: one blob of 36 voxels
+    masks[2, 5:7, 5:7] = True  # slice 4, 4 voxels: touches slice 3's part only diagonally, so a component of its own
+    masks[1, 8, 0] = True  # a speck of 1 voxel on slice 1
+    masks[4, 0:2, 0:2] = True  # scan b: 4 voxels, alone in its scan
+    masks[5, 5, 5] = True
+    keep_all = segment.keep_volume_components(masks, volumes, slices, 0.0)
+    assert np.array_equal(keep_all, masks) and keep_all is not masks
+    largest = segment.keep_volume_components(masks, volumes, slices, 1.0)
+    expect = np.zeros_like(masks)
+    expect[1, 2:6, 2:6] = expect[3, 2:6, 2:6] = expect[0, 3:5, 3:5] = True
+    expect[4, 0:2, 0:2] = True
+    assert np.array_equal(largest, expect)
+    tenth = segment.keep_volume_components(masks, volumes, slices, 0.1)  # a: keeps 4 of 36, drops 1; b: keeps 1 of 4
+    expect[2, 5:7, 5:7] = expect[5, 5, 5] = True
+    assert np.array_equal(tenth, expect)
+
+
+def test_volume_cleanup_equals_skimage_labelling_per_scan():
+    from skimage.measure import label
+
+    rng = np.random.default_rng(3)
+    masks = rng.random((30, 12, 12)) > 0.7
+    volumes = rng.integers(0, 3, 30)
+    slices = rng.permutation(30)
+    for frac in (0.2, 1.0):
+        out = segment.keep_volume_components(masks, volumes, slices, frac)
+        for v in range(3):
+            idx = np.flatnonzero(volumes == v)
+            idx = idx[np.argsort(slices[idx])]
+            lab = label(masks[idx], connectivity=1)  # face neighbours only, as ours
+            sizes = np.bincount(lab.ravel())[1:]
+            want = np.isin(lab, 1 + np.flatnonzero(sizes >= frac * sizes.max()))
+            assert np.array_equal(out[idx], want)
+
+
+def test_volume_cleanup_bad_input():
+    m = np.zeros((2, 4, 4), bool)
+    with pytest.raises(SegmentError, match="min_fraction=1.5"):
+        segment.keep_volume_components(m, [0, 0], [1, 2], 1.5)
+    with pytest.raises(SegmentError, match="one volume id and slice number per slice"):
+        segment.keep_volume_components(m, [0], [1, 2], 1.0)

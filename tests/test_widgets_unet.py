@@ -2,9 +2,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from camseg_utils import data, unet, widgets  # noqa: E402
+from camseg_utils import data, metrics, segment, unet, widgets  # noqa: E402
 
 
 def test_render_threshold_shows_the_live_dice():
@@ -34,3 +35,13 @@ def test_unet_learns_and_reloads(tmp_path):
     m2, n2, ck2 = unet.train_unet(tr, va, tmp_path, epochs=2, width=4, device="cpu", progress=False)
     assert ck2["history"] == ck["history"]  # reloaded, not retrained
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+    # 3-D clean-up chosen on validation: one score row per fraction, the chosen one the best
+    frac, rows = unet.choose_volume_cleanup(m, n, va, (0.0, 0.5, 1.0), "patient_dice")
+    assert [r["volume_cleanup"] for r in rows] == [0.0, 0.5, 1.0]
+    assert frac in (0.0, 0.5, 1.0)
+    assert rows[[0.0, 0.5, 1.0].index(frac)]["patient_dice"] == max(r["patient_dice"] for r in rows)
+    assert rows[0]["mean_dice"] == pytest.approx(metrics.mean_dice(masks, np.asarray(va.masks)))
+    kept = unet.predict_volumes(m, n, va, 1.0)
+    assert np.array_equal(kept, segment.keep_volume_components(masks, va.manifest.case, va.manifest.slice, 1.0))
+    with pytest.raises(ValueError, match="select_by='dice'"):
+        unet.choose_volume_cleanup(m, n, va, (0.0,), "dice")
