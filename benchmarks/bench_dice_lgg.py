@@ -94,14 +94,16 @@ with (contextlib.nullcontext(args.out) if args.out else tempfile.TemporaryDirect
     print(f"U-Net (width {args.unet_width}, {args.unet_epochs} epochs, {time.perf_counter() - tu:.0f} s; best epoch "
           f"{uck['best']['epoch']}, val mean-Dice {uck['best']['val_mean_dice']:.3f})", flush=True)
     # the 3-D clean-up as 05 does it: the fraction chosen on validation (by mean-Dice); 0 = the raw masks
-    frac, val_rows = unet.choose_volume_cleanup(net, unorm, va, args.volume_cleanups)
+    chosen, val_rows = unet.choose_volume_cleanup(net, unorm, va, args.volume_cleanups)
+    raw_t = unet.predict_masks(net, unorm, te.images)  # predicted once, cleaned per fraction
     for r in val_rows:
-        uf = metrics.score_masks(unet.predict_volumes(net, unorm, te, r["volume_cleanup"]), gt_t, pat_t)
-        print(f"  3-D clean-up {r['volume_cleanup']:g}{' (chosen)' if r['volume_cleanup'] == frac else ''}: val mean-Dice "
+        uf = metrics.score_masks(segment.keep_volume_components(raw_t, te.manifest["case"], te.manifest["slice"],
+                                                                r["volume_cleanup"]), gt_t, pat_t)
+        print(f"  3-D clean-up {r['volume_cleanup']:g}{' (chosen)' if r is chosen else ''}: val mean-Dice "
               f"{r['mean_dice']:.3f}, patient Dice {r['patient_dice']:.3f} -> test mean-Dice {uf['mean_dice']:.3f} "
               f"[{uf['mean_dice_ci'][0]:.3f}, {uf['mean_dice_ci'][1]:.3f}], patient Dice {uf['patient_dice']:.3f} "
               f"[{uf['patient_dice_ci'][0]:.3f}, {uf['patient_dice_ci'][1]:.3f}], FP area {uf['fp_area']:.5f}", flush=True)
-        if r["volume_cleanup"] == frac:
+        if r is chosen:
             u = uf
     if best:
         print("best CAM / U-Net (chosen 3-D clean-up): "

@@ -491,8 +491,8 @@ def keep_volume_components(masks: np.ndarray, volumes, slices, min_fraction: flo
         lab, n = ndimage.label(masks[idx])
         if n > 1:
             sizes = np.bincount(lab.ravel(), minlength=n + 1)
-            sizes[0] = 0
-            out[idx] = (sizes >= min_fraction * sizes.max())[lab] & (lab > 0)
+            sizes[0] = 0  # background never reaches min_fraction (> 0 here) of the largest
+            out[idx] = (sizes >= min_fraction * sizes.max())[lab]
     return out
 
 

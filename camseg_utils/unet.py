@@ -79,9 +79,9 @@ def predict_volumes(model: nn.Module, norm: Normalise, part: Dataset, min_fracti
 
 
 def choose_volume_cleanup(model: nn.Module, norm: Normalise, val: Dataset, fractions=(0.0, 0.1, 0.3, 1.0),
-                          select_by: str = "mean_dice") -> tuple[float, list[dict]]:
-    """The 3-D clean-up fraction with the best validation ``select_by`` (ties: the first listed), and
-    one row of validation scores per fraction."""
+                          select_by: str = "mean_dice") -> tuple[dict, list[dict]]:
+    """The validation row of the 3-D clean-up fraction with the best ``select_by`` (ties: the first
+    listed), and one row of validation scores (``volume_cleanup``, ``mean_dice``, ...) per fraction."""
     if select_by not in ("mean_dice", "patient_dice"):
         raise ValueError(f"select_by={select_by!r}: expected 'mean_dice' or 'patient_dice'")
     if not len(fractions):
@@ -94,11 +94,7 @@ def choose_volume_cleanup(model: nn.Module, norm: Normalise, val: Dataset, fract
         s = score_masks(kept, gt, patients, n_boot=1)  # the point estimates only
         rows.append({"volume_cleanup": float(f), "mean_dice": s["mean_dice"], "patient_dice": s["patient_dice"],
                      "fp_area": s["fp_area"]})
-    best = rows[0]
-    for r in rows[1:]:
-        if r[select_by] > best[select_by]:  # strictly better: a tie keeps the one listed first
-            best = r
-    return best["volume_cleanup"], rows
+    return max(rows, key=lambda r: r[select_by]), rows  # max keeps the first of equals
 
 
 def load_unet(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Normalise, dict]:

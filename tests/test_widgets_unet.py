@@ -36,10 +36,11 @@ def test_unet_learns_and_reloads(tmp_path):
     assert ck2["history"] == ck["history"]  # reloaded, not retrained
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
     # 3-D clean-up chosen on validation: one score row per fraction, the chosen one the best
-    frac, rows = unet.choose_volume_cleanup(m, n, va, (0.0, 0.5, 1.0), "patient_dice")
+    chosen, rows = unet.choose_volume_cleanup(m, n, va, (0.0, 0.5, 1.0), "patient_dice")
     assert [r["volume_cleanup"] for r in rows] == [0.0, 0.5, 1.0]
-    assert frac in (0.0, 0.5, 1.0)
-    assert rows[[0.0, 0.5, 1.0].index(frac)]["patient_dice"] == max(r["patient_dice"] for r in rows)
+    assert chosen in rows
+    assert chosen["patient_dice"] == max(r["patient_dice"] for r in rows)
+    assert rows.index(chosen) == [r["patient_dice"] for r in rows].index(chosen["patient_dice"])  # ties: the first
     assert rows[0]["mean_dice"] == pytest.approx(metrics.mean_dice(masks, np.asarray(va.masks)))
     kept = unet.predict_volumes(m, n, va, 1.0)
     assert np.array_equal(kept, segment.keep_volume_components(masks, va.manifest.case, va.manifest.slice, 1.0))
