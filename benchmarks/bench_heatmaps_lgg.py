@@ -7,7 +7,6 @@ heatmaps go through the same memory-mapped, float16 cache writer as the pipeline
 """
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 from camseg_utils import cams, data, models, train
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "lgg", "kaggle_3m"))
+ap.add_argument("--root", default=str(data.default_lgg_root()), help="kaggle_3m folder (default $CAMSEG_LGG_ROOT or data/raw/kaggle_3m)")
 ap.add_argument("--archs", nargs="+", default=["small_cnn", "resnet18"])
 ap.add_argument("--method", default="gradcam")
 ap.add_argument("--layer", default="middle")

@@ -1,16 +1,17 @@
 """How long loading the LGG set takes (target: all 80 patients at 256 x 256 in under 60 s, warm cache).
 
-    python benchmarks/bench_load_lgg.py [--root ../shared/data/lgg/kaggle_3m] [--size 256]
+    python benchmarks/bench_load_lgg.py [--root DATA/kaggle_3m] [--size 256]
 """
 
 import argparse
 import os
 import time
 
+from camseg_utils import data
 from camseg_utils.data import load_lgg
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "lgg", "kaggle_3m"))
+ap.add_argument("--root", default=str(data.default_lgg_root()), help="kaggle_3m folder (default $CAMSEG_LGG_ROOT or data/raw/kaggle_3m)")
 ap.add_argument("--size", type=int, default=256)
 ap.add_argument("--repeats", type=int, default=2, help="the first pass warms the disk cache")
 args = ap.parse_args()

@@ -22,7 +22,8 @@ import pandas as pd
 from PIL import Image
 
 from . import cams, data, metrics, segment, train, unet
-from .io import atomic_path, read_json, write_json
+from .io import UnreadableFileError, atomic_path, file_sha256, read_json, write_json
+from .provenance import data_fingerprint, provenance
 from .report import markdown_table
 
 
@@ -40,11 +41,39 @@ def required_files(run_dir: Path) -> tuple[dict, list[Path]]:
     return chosen, missing
 
 
+MARKER = ".camseg-evaluate"  # in every output folder: only such a folder may be written into again
+
+
+def check_out_dir(out_dir: Path, data_root: Path) -> None:
+    """Refuse an output folder inside the data, a file, or a folder holding anything but an earlier evaluation."""
+    out, root = out_dir.resolve(), data_root.resolve()
+    if out == root or root in out.parents:
+        raise RunError(f"--out {out_dir} is inside the data folder {data_root}; the data is never written into: "
+                       f"choose a folder outside it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"--out {out_dir} is a file; expected a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).exists():
+        raise RunError(f"--out {out_dir} already holds files that no evaluation wrote; choose an empty or new folder")
+
+
+def check_classifier(run_dir: Path, chosen: dict, ckpt_path: Path) -> None:
+    """The classifier must be the one notebook 05 chose its settings on."""
+    want = chosen.get("classifier_sha256")
+    have = file_sha256(ckpt_path)
+    if want != have:
+        why = ("05_dice.json records no classifier hash (made by an older camseg)" if want is None
+               else f"{ckpt_path} (sha256 {have[:12]}) is not the classifier 05 chose on ({want[:12]})")
+        raise RunError(f"{why}: the CAM settings may not fit it. Re-run notebook 05 on this run: python -m "
+                       f"camseg_utils.pipeline --preset NAME --run-dir {run_dir} --from 05_dice")
+
+
 def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | None = None,
              device: str = "auto", batch_size: int = 32, n_boot: int = 1000, progress: bool = True) -> dict:
     """Predict, segment and (where masks exist) score every slice under ``data_root``; returns the metrics."""
     t0 = time.perf_counter()
     run_dir, data_root = Path(run_dir), Path(data_root)
+    if batch_size < 1:
+        raise RunError(f"batch size {batch_size}: expected a positive integer")
     if not run_dir.is_dir():
         raise RunError(f"run folder {run_dir} does not exist")
     chosen, missing = required_files(run_dir)
@@ -54,17 +83,21 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
     best, rand = chosen["best_cam"], chosen.get("random_baseline")
     arch = best["arch"]
     ckpt_path = run_dir / "models" / arch / "best.pt"
+    out_dir = Path(out_dir or run_dir / "external" / data_root.name)
+    check_out_dir(out_dir, data_root)
+    check_classifier(run_dir, chosen, ckpt_path)
     dev = train.resolve_device(device)
     model, norm, ckpt = train.load_classifier(ckpt_path, device=dev)
     size = int(ckpt["image_size"])
-    out_dir = Path(out_dir or run_dir / "external" / data_root.name)
     ds = data.load_lgg(data_root, size=size, progress=progress, require_masks=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text(f"camseg evaluate output: {run_dir} on {data_root}\n")
     m = ds.manifest
     resized = sorted(set(int(s) for s in m.native_size) - {size})
 
     probs = train.predict(model, norm, ds.images, batch_size * 2, amp=True)
     heads = segment.head_masks(ds.images)
-    key = f"external-{data.manifest_hash(m)}"
+    key = f"external-{train.images_sha256(ds.images)[:16]}"  # by pixels: two cohorts may share every name
     hm = cams.cached_heatmaps(out_dir, ckpt_path, ds.images, key, best["method"], best["layer"], best["fuse"],
                               batch_size, dev, seed=int(best.get("seed", 0)), progress=progress,
                               loader=lambda: (model, norm, ckpt))
@@ -95,7 +128,10 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
                                                                       "normalisation", "reference", "head_gate",
                                                                       "prob_gate", "cleanup", "guided_radius",
                                                                       "guided_eps", "guide_channel") if k in best},
-              "unet_volume_cleanup": unet_cleanup}
+              "unet_volume_cleanup": unet_cleanup, "skipped": ds.skipped,
+              "notes": {str(k): int(v) for k, v in m["notes"][m["notes"] != ""].value_counts().items()},
+              "classifier_sha256": file_sha256(ckpt_path), "provenance": provenance(data={
+                  "data": data_fingerprint(data_root)})}
     if has.any():
         gt, pats = np.asarray(ds.masks)[has], m.patient.to_numpy()[has]
         index.loc[has, "cam_dice"] = metrics.dice(cam_masks[has], gt)
@@ -128,6 +164,16 @@ def _write_report(out_dir: Path, r: dict) -> None:
              f"- images were resized from {r['resized_from']} to {r['image_size']} x {r['image_size']} exactly as in training"
              if r["resized_from"] else f"- images already at the run's size ({r['image_size']} x {r['image_size']})",
              f"- {r['seconds']:.0f} s", ""]
+    notes = r.get("notes") or {}
+    if notes.get("1-channel image"):
+        lines.insert(-1, f"- warning: {notes['1-channel image']} images had one channel; it was copied into all "
+                         f"three (the run's classifier saw three MRI sequences)")
+    if notes.get("soft mask"):
+        lines.insert(-1, f"- note: {notes['soft mask']} masks were soft (more than one non-zero value); they were "
+                         f"binarised at half their range")
+    if r.get("skipped"):
+        lines += ["## Skipped (not slices of the kaggle_3m layout)", "",
+                  markdown_table([{"path": s["path"], "reason": s["reason"]} for s in r["skipped"]]), ""]
     if "cam" in r:
         c = r["classification"]
         lines += ["## Classifier", "", markdown_table([{k: c[k] for k in ("n", "accuracy", "sensitivity", "specificity", "auc")}]),
@@ -142,18 +188,18 @@ def _write_report(out_dir: Path, r: dict) -> None:
         tmp.write_text("\n".join(lines) + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m camseg_utils.evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--run", required=True, help="a finished run folder (runs/<preset>)")
     ap.add_argument("--data", required=True, help="a kaggle_3m-layout folder (.tif or .png)")
     ap.add_argument("--out", help="output folder (default RUN/external/<data folder name>)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=32)
-    args = ap.parse_args(argv)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
     try:
         r = evaluate(args.run, args.data, args.out, args.device, args.batch_size)
-    except (RunError, data.DataError) as e:
+    except (RunError, data.DataError, train.CheckpointError, UnreadableFileError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     out = Path(args.out or Path(args.run) / "external" / Path(args.data).name)
@@ -162,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"classifier accuracy {r['classification']['accuracy']:.3f}, AUC {r['classification']['auc']:.3f}; "
               f"CAM mean-Dice {r['cam']['mean_dice']:.3f}, U-Net {r['unet']['mean_dice']:.3f}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m camseg_utils.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    return run_from_args(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -54,8 +54,38 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return Path(path)
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+class UnreadableFileError(ValueError):
+    """A result file (JSON, checkpoint) that exists but cannot be read: truncated, empty or not ours."""
+
+
+def read_json(path: str | os.PathLike, recover: str = "") -> Any:
+    """Parse a JSON file; a missing file raises FileNotFoundError, a broken one UnreadableFileError naming it."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UnreadableFileError(f"{path} is not valid JSON ({e}; {len(text)} bytes){recover}") from None
+
+
+def load_torch(path: str | os.PathLike, what: str = "checkpoint", recover: str = "") -> Any:
+    """``torch.load`` (CPU, full unpickling: our own files) with errors that name the file and the way back.
+
+    ``recover`` is appended to the message: the command that re-creates the file.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist{recover}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as e:
+        raise UnreadableFileError(f"{what} {path} is unreadable ({type(e).__name__}: {e}; "
+                                  f"{path.stat().st_size} bytes){recover}") from None
 
 
 def _json_default(o: Any) -> Any:
@@ -66,12 +96,6 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
-    with atomic_path(path, suffix=".npy") as tmp:
-        np.save(tmp, array)
-    return Path(path)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -1,43 +1,85 @@
 """Run the numbered notebooks end to end with papermill.
 
     python -m camseg_utils.pipeline --preset synthetic [-p key=value ...] [--force] [--from 03_gradcam]
+    camseg run --preset synthetic ...                      (the same, as a console script)
 
 A preset (camseg_utils/presets/NAME.yaml, or a path to a YAML file) gives parameters shared
 by every notebook (``common``) and per notebook (``notebooks``). Each notebook receives only
 the parameters its ``parameters`` cell declares, plus ``run_dir`` and ``figures_dir``.
+Every key, in the preset or in ``-p``, must be declared by a notebook and have the type of
+that notebook's default; anything else is refused before a notebook runs. ``-p
+NN_stage.key=value`` beats ``-p key=value`` whatever their order.
 
-Resume: a stage is skipped when a record of its successful run exists whose key (a hash
-of the notebook, its parameters and the key of the stage before it) is unchanged. So an
-interrupted run resumes at the first unfinished stage, and a changed parameter re-runs
-the stage it touches and everything after it. ``--force`` re-runs everything. The key
-leaves out where the run and figures folders are (every output lives inside the run
-folder), so a copy of a run folder resumes as the original would: copy one to try a
-variant with ``--from``.
+What decides a re-run: a stage is skipped when a record of its successful run exists whose
+key is unchanged and whose output files are still those it wrote. The key is a hash of the
+notebook, its parameters, the key of the stage before it, the source of every
+``camseg_utils`` module the notebook imports (directly or through other modules) and, for a
+stage that reads a data folder, that folder's fingerprint (names, sizes, modification times).
+So a change anywhere upstream re-runs what depends on it and nothing else. A stage that was
+interrupted resumes its own work (a classifier from ``last.pt``) only when re-run with the
+same key; a stage re-run for any other reason, and every stage under ``--force`` or
+``--from``, recomputes from scratch. The key leaves out where the run and figures folders
+are, so a copy of a run folder resumes as the original would.
+
+A run folder is locked while a pipeline works in it. Every metrics file is stamped with the
+run's provenance (commit, source hash, data fingerprint, preset and overrides, seeds, library
+versions, machine); ``provenance.json`` holds the same.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import difflib
 import hashlib
 import json
+import os
 import sys
 import time
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
-from .io import read_json, write_json
+from . import provenance as prov
+from .data import LGG_ENV, LGG_HELP
+from .io import UnreadableFileError, file_sha256, read_json, write_json
 from .report import write_report
 
-REPO = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = REPO / "notebooks"
-PRESET_DIR = Path(__file__).resolve().parent / "presets"
+PACKAGE_DIR = Path(__file__).resolve().parent
+PRESET_DIR = PACKAGE_DIR / "presets"
 STAGES = ["01_data", "02_train", "03_gradcam", "04_segmentation", "05_dice", "06_filtered_retrain"]
+PRESET_KEYS = {"name", "description", "common", "notebooks"}
+LOCATIONS = ("run_dir", "figures_dir")  # where a run lives, not what it computes: not in the key
+SET_BY_PIPELINE = LOCATIONS + ("resume",)
+DATA_KEYS = ("data_root",)  # parameters naming input data: their folder's fingerprint joins the key
+# parameters whose notebook default has a narrower type than the values they take
+WIDER_TYPES: dict[str, tuple[type, ...]] = {"pretrained": (bool, str), "cleanup_refine": (int, type(None))}
 
 
 class PipelineError(RuntimeError):
     pass
+
+
+# ------------------------------------------------------------------ locations
+
+
+def default_notebook_dir() -> Path:
+    """The source tree's notebooks/ when running from a checkout, else the copy installed with the package."""
+    source = PACKAGE_DIR.parent / "notebooks"
+    if (source / f"{STAGES[0]}.ipynb").is_file():
+        return source
+    return Path(str(resources.files(__package__) / "notebooks"))
+
+
+def _suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, sorted(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# -------------------------------------------------------------------- presets
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -47,13 +89,25 @@ def load_preset(name: str) -> dict[str, Any]:
     if not path.is_file():
         known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
         raise PipelineError(f"preset {name!r} not found (looked for {path}); known presets: {', '.join(known)}")
-    preset = yaml.safe_load(path.read_text()) or {}
+    try:
+        preset = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise PipelineError(f"preset {path} is not valid YAML: {e}") from None
+    if not isinstance(preset, dict):
+        raise PipelineError(f"preset {path}: expected a mapping with keys {sorted(PRESET_KEYS)}")
+    unknown = set(preset) - PRESET_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise PipelineError(f"preset {path}: unknown key {key!r}{_suggest(key, PRESET_KEYS)}; "
+                            f"a preset has {sorted(PRESET_KEYS)}")
     preset.setdefault("name", path.stem)
-    preset.setdefault("common", {})
-    preset.setdefault("notebooks", {})
+    preset["common"] = preset.get("common") or {}
+    preset["notebooks"] = preset.get("notebooks") or {}
     unknown = set(preset["notebooks"]) - set(STAGES)
     if unknown:
-        raise PipelineError(f"preset {path} names unknown notebooks {sorted(unknown)}; stages are {STAGES}")
+        st = sorted(unknown)[0]
+        raise PipelineError(f"preset {path} names unknown notebook {st!r}{_suggest(st, STAGES)}; stages are {STAGES}")
+    preset["path"] = str(path)
     return preset
 
 
@@ -64,43 +118,228 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise PipelineError(f"-p {item!r}: expected key=value")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise PipelineError(f"-p {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
     return out
 
 
 def notebook_parameters(path: Path) -> dict[str, Any]:
+    """The notebook's declared parameters with their default values (parsed from the parameters cell)."""
     import papermill
 
-    return papermill.inspect_notebook(str(path))
+    out = {}
+    for name, info in papermill.inspect_notebook(str(path)).items():
+        try:
+            out[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            out[name] = None  # an expression: no type to check against
+    return out
 
 
-def stage_parameters(preset: dict, stage: str, overrides: dict, run_dir: Path, figures_dir: Path) -> dict:
-    declared = notebook_parameters(NOTEBOOK_DIR / f"{stage}.ipynb")
-    params = {**preset["common"], **(preset["notebooks"].get(stage) or {})}
+def _type_ok(value: Any, default: Any, key: str) -> bool:
+    if default is None:
+        return True
+    wider = WIDER_TYPES.get(key)
+    if wider:
+        return isinstance(value, wider) and not (bool not in wider and isinstance(value, bool))
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            return False
+        kinds = {type(d) for d in default}
+        if len(kinds) == 1 and default:  # a homogeneous default: check the elements too
+            return all(_type_ok(v, default[0], "") for v in value)
+        return True
+    return isinstance(value, type(default))
+
+
+def _type_name(default: Any, key: str) -> str:
+    if key in WIDER_TYPES:
+        return " or ".join("null" if t is type(None) else t.__name__ for t in WIDER_TYPES[key])
+    if isinstance(default, list) and default:
+        return f"a list of {type(default[0]).__name__}"
+    return type(default).__name__
+
+
+def validate(preset: dict, overrides: dict, declared: dict[str, dict]) -> None:
+    """Refuse every key no notebook declares and every value of the wrong type, naming it."""
+    everywhere = {k for params in declared.values() for k in params}
+    checks: list[tuple[str, str, Any, list[str]]] = []  # (where, key, value, stages it goes to)
+    for key, value in preset["common"].items():
+        checks.append((f"preset {preset['name']} common", key, value, list(declared)))
+    for stage, params in preset["notebooks"].items():
+        for key, value in (params or {}).items():
+            checks.append((f"preset {preset['name']} {stage}", key, value, [stage]))
     for key, value in overrides.items():
         if "." in key:
-            st, k = key.split(".", 1)
-            if st == stage:
-                params[k] = value
+            stage, k = key.split(".", 1)
+            if stage not in STAGES:
+                raise PipelineError(f"-p {key}: unknown stage {stage!r}{_suggest(stage, STAGES)}; stages are {STAGES}")
+            checks.append((f"-p {key}", k, value, [stage]))
         else:
-            params[key] = value
-    # a relative data_root means: from the repository (preset) or from where the command ran (-p)
-    if params.get("data_root"):
-        base = Path.cwd() if "data_root" in overrides else REPO
-        params["data_root"] = str((base / Path(params["data_root"]).expanduser()).resolve())
+            checks.append((f"-p {key}", key, value, list(declared)))
+    for where, key, value, stages in checks:
+        if key in SET_BY_PIPELINE:
+            raise PipelineError(f"{where}: {key!r} is set by the pipeline (use --run-dir / --figures-dir / --force)")
+        names = {k for s in stages if s in declared for k in declared[s]}
+        if len(stages) == 1 and stages[0] in declared and key not in names:
+            raise PipelineError(f"{where}: notebook {stages[0]} declares no parameter {key!r}"
+                                f"{_suggest(key, names)}; it declares {sorted(names - set(LOCATIONS))}")
+        if key not in everywhere:
+            raise PipelineError(f"{where}: no notebook declares a parameter {key!r}{_suggest(key, everywhere)}")
+        for s in stages:
+            default = declared.get(s, {}).get(key, None)
+            if key in declared.get(s, {}) and not _type_ok(value, default, key):
+                raise PipelineError(f"{where}: {key}={value!r} ({type(value).__name__}) but notebook {s} expects "
+                                    f"{_type_name(default, key)} (its default is {default!r})")
+
+
+def stage_parameters(preset: dict, stage: str, overrides: dict, declared: dict, run_dir: Path,
+                     figures_dir: Path) -> dict:
+    """Preset common < preset notebook < -p key < -p stage.key (the more specific wins, whatever the order)."""
+    params = {**preset["common"], **(preset["notebooks"].get(stage) or {})}
+    params.update({k: v for k, v in overrides.items() if "." not in k})
+    params.update({k.split(".", 1)[1]: v for k, v in overrides.items() if k.split(".", 1)[0] == stage and "." in k})
+    if "data_root" in declared and params.get("dataset", declared.get("dataset")) == "lgg":
+        given = "data_root" in overrides or f"{stage}.data_root" in overrides
+        if not given and os.environ.get(LGG_ENV):
+            params["data_root"] = os.environ[LGG_ENV]  # a user's own copy beats the preset's default
+    if params.get("data_root"):  # relative: from where the command runs
+        params["data_root"] = str(Path(params["data_root"]).expanduser().resolve())
     params.update(run_dir=str(run_dir), figures_dir=str(figures_dir))
     return {k: v for k, v in params.items() if k in declared}
 
 
-LOCATIONS = ("run_dir", "figures_dir")  # where a run lives, not what it computes: not in the key
+def check_data(stage: str, params: dict) -> None:
+    if params.get("dataset") == "lgg" and not Path(params.get("data_root") or "").is_dir():
+        raise PipelineError(f"[{stage}] the LGG data folder {params.get('data_root')!r} does not exist. {LGG_HELP} "
+                            f"Then pass -p data_root=/path/to/kaggle_3m or set {LGG_ENV}.")
 
 
-def _key(stage: str, params: dict, previous: str) -> str:
-    nb = (NOTEBOOK_DIR / f"{stage}.ipynb").read_bytes()
-    h = hashlib.sha256(nb)
+# ---------------------------------------------------------------- stage keys
+
+
+def stage_key(notebook: Path, params: dict, previous: str, data_fingerprints: dict[str, str]) -> str:
+    nb_bytes = notebook.read_bytes()
+    sources = prov.module_closure(prov.notebook_modules(json.loads(nb_bytes)))
+    h = hashlib.sha256(nb_bytes)
     h.update(json.dumps({k: v for k, v in params.items() if k not in LOCATIONS}, sort_keys=True, default=str).encode())
     h.update(previous.encode())
+    h.update(prov.files_sha256(sources).encode())
+    h.update(json.dumps(data_fingerprints, sort_keys=True).encode())
     return h.hexdigest()[:20]
+
+
+# written by the pipeline itself, for the run as a whole: no stage's output
+RUN_FILES = {"provenance.json", "report.md", "report.json"}
+
+
+def _outputs(run_dir: Path, since_ns: int) -> dict[str, list]:
+    """Files under run_dir written since ``since_ns``: relative path -> [size, mtime_ns, sha256]."""
+    out = {}
+    for dirpath, _, files in os.walk(run_dir):
+        d = Path(dirpath)
+        if d == run_dir / "stages" or run_dir / "stages" in d.parents:
+            continue
+        for f in files:
+            p = d / f
+            st = p.stat()
+            if st.st_mtime_ns >= since_ns and not f.startswith(".") and not (d == run_dir and f in RUN_FILES):
+                out[str(p.relative_to(run_dir))] = [st.st_size, st.st_mtime_ns, file_sha256(p)]
+    return out
+
+
+def changed_outputs(run_dir: Path, outputs: dict[str, list]) -> list[str]:
+    """Recorded outputs that are gone or differ (a copy with new times but the same bytes is unchanged)."""
+    bad = []
+    for rel, (size, mtime, sha) in outputs.items():
+        p = run_dir / rel
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            bad.append(rel)
+            continue
+        if st.st_size != size or (st.st_mtime_ns != mtime and file_sha256(p) != sha):
+            bad.append(rel)
+    return bad
+
+
+def _why_run(rec: dict | None, key: str, forced: str, out_nb: Path, run_dir: Path) -> str | None:
+    """Why a stage must run, or None when its finished record still holds; ``forced`` says why it must."""
+    if forced:
+        return forced
+    if rec is None:
+        return "never finished here (no readable record)"
+    if rec.get("key") != key:
+        return "notebook, parameters, package source, data or an upstream stage changed"
+    if rec.get("status", "done") != "done":
+        return "interrupted: resuming"
+    if not out_nb.exists():
+        return f"its executed notebook {out_nb} is missing"
+    changed = changed_outputs(run_dir, rec.get("outputs", {}))
+    if changed:
+        return f"outputs changed since it ran: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}"
+    return None
+
+
+def _read_record(path: Path) -> dict | None:
+    """A stage record, or None when missing or unreadable (the stage then re-runs)."""
+    try:
+        rec = read_json(path)
+    except (FileNotFoundError, UnreadableFileError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+# ---------------------------------------------------------------------- lock
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold run_dir/.lock for the whole run; a second pipeline on the folder is refused."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    path = run_dir / ".lock"
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise PipelineError(f"run folder {run_dir} is in use by a running pipeline ({holder}); wait for it to "
+                            f"finish, or give this run another --run-dir") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def _stamp(metrics_file: Path, record: dict) -> None:
+    """Add the run's provenance to a metrics file a stage wrote (the file is rewritten atomically)."""
+    if metrics_file.is_file():
+        m = read_json(metrics_file)
+        if isinstance(m, dict):
+            m["provenance"] = record
+            write_json(metrics_file, m)
+
+
+# ----------------------------------------------------------------------- run
 
 
 def run(
@@ -112,44 +351,94 @@ def run(
     run_dir: str | Path | None = None,
     figures_dir: str | Path | None = None,
     progress: bool = True,
-) -> Path:
-    """Run (or resume) a preset; returns the run folder. Raises PipelineError on a failing notebook."""
+    notebook_dir: str | Path | None = None,
+    dry_run: bool = False,
+):
+    """Run (or resume) a preset; returns the run folder. Raises PipelineError on bad input or a failing notebook.
+
+    ``dry_run``: run nothing, print and return the plan, a list of (stage, 'run' or 'skip', why).
+    """
     import papermill
 
     preset = load_preset(preset_name)
     overrides = overrides or {}
-    run_dir = Path(run_dir or REPO / "runs" / preset["name"]).resolve()
-    figures_dir = Path(figures_dir or REPO / "figures" / preset["name"]).resolve()
-    stages = [s for s in STAGES if (NOTEBOOK_DIR / f"{s}.ipynb").exists()]
+    nb_dir = Path(notebook_dir) if notebook_dir else default_notebook_dir()
+    stages = [s for s in STAGES if (nb_dir / f"{s}.ipynb").exists()]
+    if not stages:
+        raise PipelineError(f"no notebooks found in {nb_dir} (expected {STAGES[0]}.ipynb ...)")
     for name, what in ((start, "--from"), (stop, "--to")):
         if name is not None and name not in stages:
-            raise PipelineError(f"{what} {name!r}: expected one of {stages}")
+            raise PipelineError(f"{what} {name!r}: expected one of {stages}{_suggest(name, stages)}")
+    if start and stop and stages.index(start) > stages.index(stop):
+        raise PipelineError(f"--from {start} comes after --to {stop}: nothing to run")
+    declared = {s: notebook_parameters(nb_dir / f"{s}.ipynb") for s in stages}
+    validate(preset, overrides, declared)
+    run_dir = Path(run_dir or Path.cwd() / "runs" / preset["name"]).resolve()
+    figures_dir = Path(figures_dir or Path.cwd() / "figures" / preset["name"]).resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PipelineError(f"--run-dir {run_dir} is a file; expected a folder")
     if stop:
         stages = stages[: stages.index(stop) + 1]
+    params_of = {s: stage_parameters(preset, s, overrides, declared[s], run_dir, figures_dir) for s in stages}
+    for s in stages:
+        check_data(s, params_of[s])
+    if dry_run:
+        return _run_stages(preset, overrides, stages, declared, params_of, nb_dir, run_dir, figures_dir, force, start,
+                           progress, papermill, dry_run)
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     (run_dir / "stages").mkdir(exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
+    with locked(run_dir):
+        return _run_stages(preset, overrides, stages, declared, params_of, nb_dir, run_dir, figures_dir, force, start,
+                           progress, papermill, dry_run)
+
+
+def _run_stages(preset, overrides, stages, declared, params_of, nb_dir, run_dir, figures_dir, force, start, progress,
+                papermill, dry_run=False):
     previous = ""
-    forcing = force
+    forced = "--force" if force else ""
+    plan: list[tuple[str, str, str]] = []
+    fingerprints: dict[str, str] = {}
+    seeds = {s: {k: v for k, v in p.items() if k in ("seed", "seeds")} for s, p in params_of.items()}
     t_all = time.perf_counter()
     for stage in stages:
         if start == stage:
-            forcing = True
-        params = stage_parameters(preset, stage, overrides, run_dir, figures_dir)
-        key = _key(stage, params, previous)
+            forced = f"--from {start}"
+        params = params_of[stage]
+        data_fp = {k: prov.data_fingerprint(params[k]) for k in DATA_KEYS if params.get(k)}
+        fingerprints.update({f"{stage}.{k}": v for k, v in data_fp.items()})
+        nb = nb_dir / f"{stage}.ipynb"
+        key = stage_key(nb, params, previous, data_fp)
         record_path = run_dir / "stages" / f"{stage}.json"
         out_nb = run_dir / "notebooks" / f"{stage}.ipynb"
-        if not forcing and record_path.exists() and read_json(record_path).get("key") == key and out_nb.exists():
-            print(f"[{stage}] up to date, skipped ({read_json(record_path)['seconds']:.0f} s when it ran)", flush=True)
+        rec = _read_record(record_path)
+        why = _why_run(rec, key, forced, out_nb, run_dir)
+        if why is None:
+            print(f"[{stage}] up to date, skipped ({rec.get('seconds', 0):.0f} s when it ran)", flush=True)
+            plan.append((stage, "skip", "up to date"))
             previous = key
             continue
-        forcing = True  # every later stage depends on this one
-        record_path.unlink(missing_ok=True)
+        plan.append((stage, "run", why))
+        if dry_run:
+            print(f"[{stage}] would run: {why}", flush=True)
+            previous, forced = key, forced or "an upstream stage runs"
+            continue
+        print(f"[{stage}] {why}", flush=True)
+        same_key = rec is not None and rec.get("key") == key
+        # an interrupted stage picks its own work up again only under the same key
+        resume = not forced and same_key and rec.get("status") == "running"
+        forced = forced or "an upstream stage ran"  # every later stage depends on this one
+        call = dict(params)
+        if "resume" in declared[stage]:
+            call["resume"] = resume
+        write_json(record_path, {"stage": stage, "key": key, "status": "running",
+                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")})
         print(f"[{stage}] running with {json.dumps(params, default=str)}", flush=True)
         t = time.perf_counter()
+        since = time.time_ns() - 1_000_000  # filesystems round times: a margin of 1 ms
         try:
             papermill.execute_notebook(
-                str(NOTEBOOK_DIR / f"{stage}.ipynb"), str(out_nb), parameters=params, cwd=str(NOTEBOOK_DIR),
+                str(nb), str(out_nb), parameters=call, cwd=str(nb.parent if os.access(nb.parent, os.W_OK) else run_dir),
                 kernel_name="python3", progress_bar=progress, log_output=False,
             )
         except papermill.PapermillExecutionError as e:
@@ -158,36 +447,52 @@ def run(
                 f"the traceback is kept at {out_nb}"
             ) from None
         dt = time.perf_counter() - t
-        write_json(record_path, {"stage": stage, "key": key, "params": params, "seconds": dt,
-                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+        record = prov.provenance(preset["name"], overrides, seeds, fingerprints)
+        record["preset_file"] = preset["path"]
+        write_json(run_dir / "provenance.json", record)
+        _stamp(run_dir / "metrics" / f"{stage}.json", record)
+        outputs = _outputs(run_dir, since)
+        write_json(record_path, {"stage": stage, "key": key, "status": "done", "params": params, "seconds": dt,
+                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "outputs": outputs})
         print(f"[{stage}] done in {dt:.1f} s", flush=True)
         previous = key
         write_report(run_dir, preset["name"])  # after every stage, so an interrupted run has its report so far
+    if dry_run:
+        return plan
     write_report(run_dir, preset["name"])
     print(f"pipeline {preset['name']}: {len(stages)} stages in {time.perf_counter() - t_all:.1f} s; "
           f"run folder {run_dir}, figures {figures_dir}, report {run_dir / 'report.md'}", flush=True)
     return run_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m camseg_utils.pipeline", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--preset", default="synthetic", help="preset name (camseg_utils/presets) or YAML path")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a parameter for every notebook (or NN_stage.key=value for one)")
-    ap.add_argument("--force", action="store_true", help="re-run every stage even if up to date")
-    ap.add_argument("--from", dest="start", help="re-run from this stage on (e.g. 03_gradcam)")
+    ap.add_argument("--force", action="store_true", help="re-run every stage from scratch even if up to date")
+    ap.add_argument("--from", dest="start", help="re-run from this stage on, from scratch (e.g. 03_gradcam)")
     ap.add_argument("--to", dest="stop", help="stop after this stage")
-    ap.add_argument("--run-dir", help="run folder (default runs/<preset>)")
-    ap.add_argument("--figures-dir", help="figures folder (default figures/<preset>)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--run-dir", help="run folder (default ./runs/<preset>)")
+    ap.add_argument("--figures-dir", help="figures folder (default ./figures/<preset>)")
+    ap.add_argument("--notebooks", help="folder of the numbered notebooks (default: the ones shipped with camseg)")
+    ap.add_argument("--dry-run", action="store_true", help="say which stages would run and why; run nothing")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
     try:
         run(args.preset, parse_overrides(args.param), args.force, args.start, args.stop, args.run_dir,
-            args.figures_dir)
+            args.figures_dir, notebook_dir=args.notebooks, dry_run=args.dry_run)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m camseg_utils.pipeline", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    return run_from_args(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

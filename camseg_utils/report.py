@@ -7,6 +7,7 @@ table title to a list of rows (dicts). The report lists them in stage order as M
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -30,6 +31,26 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def provenance_lines(run_dir: Path) -> list[str]:
+    """The run's provenance (provenance.json, written by the pipeline) as a short Markdown section."""
+    path = run_dir / "provenance.json"
+    if not path.is_file():
+        return []
+    p = read_json(path)
+    git = p.get("git") or {}
+    commit = f"{git['commit'][:12]}{' (uncommitted changes)' if git.get('dirty') else ''}" if git else "not a git checkout"
+    mach = p.get("machine") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in (p.get("versions") or {}).items())
+    return ["\n## Provenance\n",
+            f"- commit: {commit}; package source sha256 {p.get('package_source_sha256', '')[:12]}",
+            f"- preset: {p.get('preset')}; overrides: {json.dumps(p.get('overrides') or {})}; "
+            f"seeds: {json.dumps(p.get('seeds') or {})}",
+            f"- data fingerprints: {json.dumps({k: v[:12] for k, v in (p.get('data_fingerprints') or {}).items()})}",
+            f"- machine: {mach.get('cpu')} ({mach.get('cpu_count')} cores, {mach.get('torch_threads')} torch threads); "
+            f"GPU: {mach.get('gpu') or 'none'}",
+            f"- versions: {versions}", f"- recorded: {p.get('recorded')}", ""]
+
+
 def write_report(run_dir: str | Path, name: str = "") -> Path:
     run_dir = Path(run_dir)
     metrics = {p.stem: read_json(p) for p in sorted((run_dir / "metrics").glob("*.json"))}
@@ -41,6 +62,7 @@ def write_report(run_dir: str | Path, name: str = "") -> Path:
             parts.append(m["summary"].strip() + "\n")
         for title, rows in (m.get("tables") or {}).items():
             parts.append(f"\n### {title}\n\n" + markdown_table(rows))
+    parts += provenance_lines(run_dir)
     with atomic_path(run_dir / "report.md") as tmp:
         tmp.write_text("\n".join(parts))
     write_json(run_dir / "report.json", metrics)

@@ -25,12 +25,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import DataError, Dataset, manifest_hash
-from .io import save_torch
+from .io import UnreadableFileError, load_torch, save_torch
 from .models import build_model, get_spec
 
 
 class CheckpointError(ValueError):
     """A checkpoint that does not fit the architecture, image size or split asked for."""
+
+
+RETRAIN = "; re-create it with: python -m camseg_utils.pipeline --preset NAME --from 02_train"
+
+
+def images_sha256(*arrays: np.ndarray) -> str:
+    """A content hash of image (and label) arrays: what a resume or a cache must match besides names."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.asarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        flat = a.reshape(len(a), -1) if a.ndim else a.reshape(1, -1)
+        for i in range(0, len(flat), 256):  # in slabs: a memory map is never read whole
+            h.update(np.ascontiguousarray(flat[i:i + 256]).tobytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -144,7 +161,7 @@ def check_classes(ds: Dataset, split: str) -> None:
         raise DataError(f"the {split} split ({len(y)} slices) has no {missing} slice; a classifier cannot be trained")
 
 
-# what last.pt must hold to be resumed (the device-side augmentation generator came in later)
+# what last.pt must hold to be resumed
 _RESUME_KEYS = ("record", "model", "optimizer", "scheduler", "generator", "aug_generator", "history", "best", "epoch",
                 "torch_rng")
 
@@ -191,7 +208,8 @@ def train_classifier(
     use_amp = config.amp and device.type == "cuda"
     record = {
         "arch": config.arch, "image_size": int(train.images.shape[1]), "norm_mean": mean, "norm_std": std,
-        "split_hash": split_hash, "seed": config.seed, "config": asdict(config), "versions": versions(),
+        "split_hash": split_hash, "data_sha256": images_sha256(train.images, _labels(train), val.images, _labels(val)),
+        "seed": config.seed, "config": asdict(config), "versions": versions(),
         "layers": get_spec(config.arch).layers,
     }
     history: list[dict] = []
@@ -199,12 +217,16 @@ def train_classifier(
     start_epoch = 0
     last_path = out_dir / "last.pt"
     if resume and last_path.exists():
-        state = torch.load(last_path, map_location=device, weights_only=False)
+        try:
+            state = load_torch(last_path, "training state")
+        except UnreadableFileError as e:  # a resume point only: losing it costs time, not results
+            warnings.warn(f"{e}: not resumed, training {config.arch} from the first epoch", stacklevel=2)
+            state = {}
         missing = [k for k in _RESUME_KEYS if k not in state]
-        if missing:  # an older camseg's last.pt: resuming would mix two recipes (or fail); start afresh
-            warnings.warn(f"{last_path} lacks {', '.join(missing)} (written by an older camseg): not resumed, "
+        if state and missing:  # another version's last.pt: resuming would mix two recipes (or fail); start afresh
+            warnings.warn(f"{last_path} lacks {', '.join(missing)} (written by another camseg version): not resumed, "
                           f"training {config.arch} from the first epoch", stacklevel=2)
-        elif state["record"]["config"] == record["config"] and state["record"]["split_hash"] == split_hash:
+        elif state and all(state["record"].get(k) == record[k] for k in ("config", "split_hash", "data_sha256")):
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
@@ -259,7 +281,7 @@ def train_classifier(
                           "scheduler": sched.state_dict(), "generator": gen.get_state(),
                           "aug_generator": aug_gen.get_state(), "history": history,
                           "best": best, "epoch": epoch + 1, "torch_rng": torch.get_rng_state()})
-    ckpt = torch.load(out_dir / "best.pt", map_location="cpu", weights_only=False)
+    ckpt = load_torch(out_dir / "best.pt", "classifier checkpoint", RETRAIN)
     ckpt["history"] = history
     ckpt["train_seconds"] = history[-1]["seconds"] if history else 0.0
     save_torch(out_dir / "best.pt", ckpt)
@@ -280,7 +302,7 @@ def load_classifier(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: train the classifier first (notebook 02)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_torch(path, "classifier checkpoint", RETRAIN)
     for key, want in (("arch", arch), ("image_size", image_size), ("split_hash", split_hash)):
         if want is not None and ckpt.get(key) != want:
             raise CheckpointError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import Dataset
-from .io import save_torch
+from .io import UnreadableFileError, load_torch, save_torch
 from .metrics import mean_dice, score_masks
 from .segment import keep_volume_components
-from .train import Normalise, augment_batch, channel_stats, resolve_device, seed_everything, to_tensor, versions
+from .train import (
+    Normalise,
+    augment_batch,
+    channel_stats,
+    images_sha256,
+    resolve_device,
+    seed_everything,
+    to_tensor,
+    versions,
+)
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -99,7 +109,8 @@ def choose_volume_cleanup(model: nn.Module, norm: Normalise, val: Dataset, fract
 
 def load_unet(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Normalise, dict]:
     """A trained U-Net from its ``best.pt``: (model in eval mode, normalisation, checkpoint)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_torch(path, "U-Net checkpoint", "; re-create it with: python -m camseg_utils.pipeline --preset NAME "
+                                                "--from 05_dice")
     model = UNet(ckpt["config"]["width"]).to(device)
     model.load_state_dict(ckpt["model"])
     return model.eval(), Normalise(ckpt["norm_mean"], ckpt["norm_std"]).to(device), ckpt
@@ -107,17 +118,22 @@ def load_unet(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.
 
 def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 10, batch_size: int = 16,
                lr: float = 3e-3, width: int = 16, seed: int = 0, device: str = "auto", split_hash: str = "",
-               progress: bool = True) -> tuple[nn.Module, Normalise, dict]:
-    """Train (or reload, when ``best.pt`` exists for the same settings and split) the U-Net."""
+               progress: bool = True, resume: bool = True) -> tuple[nn.Module, Normalise, dict]:
+    """Train (or, with ``resume``, reload a ``best.pt`` made with the same settings from the same pixels) the U-Net."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     dev = resolve_device(device)
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
-              "image_size": int(train.images.shape[1]), "split_hash": split_hash}
+              "image_size": int(train.images.shape[1]), "split_hash": split_hash,
+              "data_sha256": images_sha256(train.images, train.masks, val.images, val.masks)}
     path = out_dir / "best.pt"
-    if path.exists() and torch.load(path, map_location="cpu", weights_only=False)["config"] == config:
-        return load_unet(path, dev)
+    if resume and path.exists():
+        try:
+            if load_torch(path, "U-Net checkpoint").get("config") == config:
+                return load_unet(path, dev)
+        except UnreadableFileError as e:  # a cache: recompute it
+            warnings.warn(f"{e}: training the U-Net afresh", stacklevel=2)
     seed_everything(seed)
     mean, std = channel_stats(train.images)
     norm = Normalise(mean, std).to(dev)

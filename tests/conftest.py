@@ -8,7 +8,8 @@ from PIL import Image
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO = Path(__file__).resolve().parents[1]
-LGG_ROOT = REPO.parent / "shared" / "data" / "lgg" / "kaggle_3m"
+# the real LGG data: $CAMSEG_LGG_ROOT, else the copy beside the repository; tests that need it skip without it
+LGG_ROOT = Path(os.environ.get("CAMSEG_LGG_ROOT") or REPO.parent / "shared" / "data" / "lgg" / "kaggle_3m")
 
 
 def write_case(root: Path, case: str, n_slices: int, ext: str, size: int = 32, seed: int = 0,
@@ -37,3 +38,13 @@ def lgg_tree(tmp_path):
     for i, case in enumerate(cases):
         write_case(root, case, 12, "tif" if i < 2 else "png", seed=i)
     return root
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One finished smoke run shared by the tests that read it (and copy it before changing anything)."""
+    from camseg_utils import pipeline
+
+    base = tmp_path_factory.mktemp("smoke")
+    run_dir = pipeline.run("smoke", run_dir=base / "run", figures_dir=base / "fig", progress=False)
+    return run_dir, base / "fig"

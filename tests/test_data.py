@@ -179,7 +179,7 @@ def test_synthetic_written_in_kaggle_layout_loads_back(tmp_path):
         data.write_kaggle_layout(ds, tmp_path / "ext")
 
 
-@pytest.mark.skipif(not LGG_ROOT.is_dir(), reason="../shared/data/lgg/kaggle_3m not present")
+@pytest.mark.skipif(not LGG_ROOT.is_dir(), reason=f"LGG data not found at {LGG_ROOT} (set CAMSEG_LGG_ROOT)")
 def test_real_lgg_counts():
     before = os.stat(LGG_ROOT).st_mtime_ns
     ds = data.load_lgg(LGG_ROOT, size=None, progress=False)
