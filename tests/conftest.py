@@ -37,3 +37,15 @@ def lgg_tree(tmp_path):
     for i, case in enumerate(cases):
         write_case(root, case, 12, "tif" if i < 2 else "png", seed=i)
     return root
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke preset run once for the whole test session: (run folder, figures folder).
+
+    Tests that change the run folder must work on a copy (shutil.copytree)."""
+    from camseg_utils import pipeline
+
+    base = tmp_path_factory.mktemp("smoke")
+    run_dir = pipeline.run("smoke", run_dir=base / "run", figures_dir=base / "fig", progress=False)
+    return run_dir, base / "fig"

@@ -11,13 +11,6 @@ import pytest
 from camseg_utils import pipeline, report
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("smoke")
-    run_dir = pipeline.run("smoke", run_dir=base / "run", figures_dir=base / "fig", progress=False)
-    return run_dir, base / "fig"
-
-
 def _in_range(x, lo=0.0, hi=1.0):
     return isinstance(x, (int, float)) and not math.isnan(x) and lo <= x <= hi
 
