@@ -41,7 +41,7 @@ def lgg_tree(tmp_path):
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
-    """The smoke preset run once for the whole test session: (run folder, figures folder).
+    """The smoke preset, run once per pytest run and shared by every test module: (run folder, figures folder).
 
     Tests that change the run folder must work on a copy (shutil.copytree)."""
     from camseg_utils import pipeline
