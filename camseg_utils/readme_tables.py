@@ -194,7 +194,9 @@ def retrain_table(metrics: dict[str, dict], run_dir: Path) -> str:
     cell = {(r["heatmap"], _condition(r)): _num(r[mean]) + (f" ± {_num(r['auc_std'])}" if "auc_std" in r else "")
             for r in rows}
     body = [[h + (" (control)" if h == "random" else "")] + [cell.get((h, c), "") for c in cols] for h in heatmaps]
-    lines = [_table(["heatmap"] + cols, body)]
+    seeds = rows[0].get("seeds")
+    lines = [_table(["heatmap"] + cols, body),
+             f"Test ROC AUC of classifiers re-trained on filtered images, mean ± sd over {seeds or 'the'} seeds."]
     if m.get("unfiltered_auc") is not None:
         lines.append(f"The original classifier on unfiltered images: test ROC AUC {_num(m['unfiltered_auc'])}.")
     verdicts = m.get("verdicts")
