@@ -24,7 +24,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check camseg_utils tests benchmarks
+	$(VENV)/bin/ruff check camseg_utils tests benchmarks notebooks
 
 # CPU benchmarks (each prints its figures; the LGG ones need ../shared/data/lgg/kaggle_3m or --root)
 bench: setup

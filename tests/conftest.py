@@ -42,7 +42,9 @@ def lgg_tree(tmp_path):
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
-    """One finished smoke run shared by the tests that read it (and copy it before changing anything)."""
+    """The smoke preset, run once per pytest run and shared by every test module: (run folder, figures folder).
+
+    Tests that change the run folder must work on a copy (shutil.copytree)."""
     from camseg_utils import pipeline
 
     base = tmp_path_factory.mktemp("smoke")

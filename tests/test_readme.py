@@ -1,0 +1,110 @@
+"""The README: its Python example runs, and its results tables and figure are generated from run folders."""
+
+import contextlib
+import io
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from camseg_utils import readme_tables
+from camseg_utils.readme_tables import ReadmeError
+
+from .conftest import REPO
+
+README = REPO / "README.md"
+
+
+def _python_blocks(text: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    blocks = _python_blocks(README.read_text())
+    assert len(blocks) == 1, "the README should hold exactly one Python example"
+    monkeypatch.chdir(tmp_path)  # the example must not depend on (or write into) the repository
+    namespace: dict = {"__name__": "__readme__"}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(blocks[0], "README.md (python example)", "exec"), namespace)
+    assert out.getvalue().startswith("mean-Dice ")
+    pred, masks, scores = namespace["pred"], namespace["masks"], namespace["scores"]
+    assert pred.dtype == bool and pred.shape == masks.shape
+    assert 0.0 <= scores["mean_dice"] <= 1.0 and 0.0 <= scores["patient_dice"] <= 1.0
+    assert not list(tmp_path.iterdir())
+
+
+def test_readme_blocks_name_known_kinds_and_runs():
+    text = README.read_text()
+    blocks = [(m["name"], m["kind"]) for m in readme_tables.MARKER.finditer(text)]
+    assert {k for _, k in blocks} == set(readme_tables.KINDS)
+    assert {n for n, _ in blocks} == {"synthetic", "lgg_cpu", "lgg"}
+    assert text.count("<!-- table:") == len(blocks)  # every opening marker has its closing one
+
+
+def test_tables_from_a_smoke_run(smoke_run):
+    run_dir, _ = smoke_run
+    t = readme_tables.tables(run_dir)
+    assert set(t) == set(readme_tables.KINDS)
+    dice = json.loads((run_dir / "metrics" / "05_dice.json").read_text())
+    best, unet = dice["best_cam"], dice["unet"]
+    rows = {line.split("|")[1].strip(): line for line in t["dice"].splitlines() if line.startswith("| ")}
+    assert f"{best['mean_dice']:.3f} [{best['mean_dice_ci'][0]:.3f}, {best['mean_dice_ci'][1]:.3f}]" in \
+        rows["best CAM setting (chosen on validation)"]
+    assert f"{best['method']} @ {best['layer']}" in rows["best CAM setting (chosen on validation)"]
+    assert f"{unet['patient_dice']:.3f}" in rows["U-Net, supervised (reference)"]
+    assert "random heatmap (baseline)" in rows
+    clf = json.loads((run_dir / "metrics" / "02_train.json").read_text())["tables"]["Classifiers (test split)"][0]
+    assert f"| {clf['arch']} |" in t["classifier"] and f"{clf['test_auc']:.3f}" in t["classifier"]
+    assert "±" in t["retrain"] and "random (control)" in t["retrain"]
+    for md in t.values():
+        assert str(run_dir) in md and "12 patients" in md
+
+
+def test_update_fills_only_the_named_blocks_and_is_repeatable(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    readme = tmp_path / "README.md"
+    shutil.copy(README, readme)
+    filled = readme_tables.update_readme(readme, {"synthetic": run_dir})
+    assert sorted(filled) == ["synthetic:classifier", "synthetic:dice", "synthetic:retrain"]
+    once = readme.read_text()
+    assert readme_tables.tables(run_dir)["dice"] in once
+    assert once.count("*Not yet generated.*") == README.read_text().count("*Not yet generated.*") - 3
+    readme_tables.update_readme(readme, {"synthetic": run_dir})
+    assert readme.read_text() == once
+    with pytest.raises(ReadmeError, match="no '<!-- table:NAME:KIND -->' block for nosuch"):
+        readme_tables.update_readme(readme, {"nosuch": run_dir})
+
+
+def test_figure_from_a_smoke_run(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    out = tmp_path / "fig" / "example.png"
+    assert readme_tables.main(["figure", str(run_dir), str(out)]) == 0
+    from PIL import Image
+
+    img = np.asarray(Image.open(out))
+    assert img.shape[1] > 2 * img.shape[0] and img.std() > 0  # five panels side by side, not blank
+    with pytest.raises(ReadmeError, match="index=9999"):
+        readme_tables.example_figure(run_dir, None, index=9999)
+
+
+def test_missing_metrics_are_named(tmp_path, capsys):
+    with pytest.raises(ReadmeError, match="holds no metrics JSON"):
+        readme_tables.tables(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "02_train.json").write_text(json.dumps({"tables": {}}))
+    with pytest.raises(ReadmeError, match="05_dice.json is missing"):
+        readme_tables.tables(tmp_path, ["dice"])
+    assert readme_tables.main(["tables", str(tmp_path)]) == 1
+    assert "02_train.json has no 'Classifiers" in capsys.readouterr().err
+    assert readme_tables.main(["update", str(tmp_path / "README.md"), "no-equals-sign"]) == 1
+    assert "expected NAME=RUN_DIR" in capsys.readouterr().err
+
+
+def test_provenance_line():
+    assert readme_tables.provenance({}) == "commit not recorded"
+    rec = {"provenance": {"git": {"commit": "0123456789abcdef0123", "dirty": True}, "python": "3.11"}}
+    assert readme_tables.provenance(rec) == "commit 0123456789ab, uncommitted changes"
+    assert readme_tables.provenance({"provenance": {"git_commit": "abc1234", "git_dirty": False}}) == "commit abc1234"
