@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU session: the GPU benchmarks, then the lgg preset end to end, timed.
+# The GPU benchmarks, then the lgg preset end to end, timed.
 # Everything printed names the card. Results (report, metrics, stage records, executed notebooks,
 # figures; no checkpoints or heatmap caches) are packed into OUT_DIR/run_lgg.tgz.
 #
