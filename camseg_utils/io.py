@@ -68,12 +68,6 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
-    with atomic_path(path, suffix=".npy") as tmp:
-        np.save(tmp, array)
-    return Path(path)
-
-
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

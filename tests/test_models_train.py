@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from camseg_utils import data, models, train
+from camseg_utils import data, metrics, models, train
 from camseg_utils.data import DataError
 from camseg_utils.models import ModelError
 from camseg_utils.train import CheckpointError
@@ -133,11 +133,11 @@ def test_metrics_match_sklearn():
     rng = np.random.default_rng(0)
     y = rng.random(200) < 0.3
     p = np.clip(y * 0.3 + rng.random(200) * 0.7, 0, 1).round(2)  # ties on purpose
-    m = train.classification_metrics(y, p)
+    m = metrics.classification_metrics(y, p)
     assert m["auc"] == pytest.approx(roc_auc_score(y, p))
     (tn, fp), (fn, tp) = m["confusion"]
     assert tn + fp + fn + tp == 200 and m["accuracy"] == pytest.approx((tp + tn) / 200)
-    assert np.isnan(train.roc_auc(np.ones(5), np.random.rand(5)))
+    assert np.isnan(metrics.roc_auc(np.ones(5), np.random.rand(5)))
 
 
 def test_augmentation_keeps_shape_and_range():

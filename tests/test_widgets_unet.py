@@ -5,7 +5,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from camseg_utils import data, metrics, segment, unet, widgets  # noqa: E402
+from camseg_utils import data, metrics, unet, widgets  # noqa: E402
+from camseg_utils.morphology import keep_volume_components  # noqa: E402
 
 
 def test_render_threshold_shows_the_live_dice():
@@ -43,6 +44,6 @@ def test_unet_learns_and_reloads(tmp_path):
     assert rows.index(chosen) == [r["patient_dice"] for r in rows].index(chosen["patient_dice"])  # ties: the first
     assert rows[0]["mean_dice"] == pytest.approx(metrics.mean_dice(masks, np.asarray(va.masks)))
     kept = unet.predict_volumes(m, n, va, 1.0)
-    assert np.array_equal(kept, segment.keep_volume_components(masks, va.manifest.case, va.manifest.slice, 1.0))
+    assert np.array_equal(kept, keep_volume_components(masks, va.manifest.case, va.manifest.slice, 1.0))
     with pytest.raises(ValueError, match="select_by='dice'"):
         unet.choose_volume_cleanup(m, n, va, (0.0,), "dice")
