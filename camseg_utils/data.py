@@ -1,6 +1,6 @@
 """Data: the LGG loader (kaggle_3m layout), the synthetic default, the patient split.
 
-Conventions (shared/DESIGN.md): an image is uint8 H x W x 3, a mask is bool H x W.
+Conventions: an image is uint8 H x W x 3, a mask is bool H x W.
 A :class:`Dataset` holds every slice of a study in memory, in the order of its
 manifest (one row per slice). Nothing in this module ever writes into a data root.
 """

@@ -39,7 +39,12 @@ def test_unet_learns_and_reloads(tmp_path):
     # 3-D clean-up chosen on validation: one score row per fraction, the chosen one the best
     chosen, rows = unet.choose_volume_cleanup(m, n, va, (0.0, 0.5, 1.0), "patient_dice")
     assert [r["volume_cleanup"] for r in rows] == [0.0, 0.5, 1.0]
-    assert chosen in rows
+    # by hand: each fraction's masks, their patient Dice, the first best fraction
+    gt, patients = np.asarray(va.masks), va.manifest.patient.to_numpy()
+    hand = [float(metrics.patient_dice(keep_volume_components(masks, va.manifest.case, va.manifest.slice, f), gt,
+                                       patients).mean()) for f in (0.0, 0.5, 1.0)]
+    assert [r["patient_dice"] for r in rows] == pytest.approx(hand)
+    assert chosen["volume_cleanup"] == (0.0, 0.5, 1.0)[int(np.argmax(hand))]  # argmax: the first of equals
     assert chosen["patient_dice"] == max(r["patient_dice"] for r in rows)
     assert rows.index(chosen) == [r["patient_dice"] for r in rows].index(chosen["patient_dice"])  # ties: the first
     assert rows[0]["mean_dice"] == pytest.approx(metrics.mean_dice(masks, np.asarray(va.masks)))
