@@ -4,7 +4,7 @@ mean-Dice >= 0.75 and patient Dice >= 0.82 at 256 x 256). Prints every number wi
 A condensed notebook 02 + 05 for one architecture, through the same protocol
 (:mod:`camseg_utils.protocol`): every knob chosen on validation per (method, layer), scored once on
 test with patient-bootstrap CIs. The CAMs' clean-up and threshold-free metrics are left out here to
-keep the run short. Each (method, layer) is scored with the heatmap alone (refine none) and with the
+keep the run short. Each (method, layer) is scored with the heatmap alone (refinement none) and with the
 guided refinement (radius chosen on validation). The U-Net comes last (it takes longest), with its
 3-D clean-up chosen on validation as in 05; every fraction's test score is printed beside it.
 
@@ -53,7 +53,7 @@ val, test = protocol.Split.of(va), protocol.Split.of(te)
 
 
 def print_row(r: dict) -> None:
-    print(f"  {r['method']:9s} @ {r['layer']:6s} refine {r['refine']:6s}: val mean-Dice {r['val_mean_dice']:.3f} -> test "
+    print(f"  {r['method']:9s} @ {r['layer']:6s} refinement {r['refinement']:6s}: val mean-Dice {r['val_mean_dice']:.3f} -> test "
           f"mean-Dice {r['mean_dice']:.3f} [{r['mean_dice_ci'][0]:.3f}, {r['mean_dice_ci'][1]:.3f}], patient Dice "
           f"{r['patient_dice']:.3f} ({r['rule']} {r['value']:g}, {r['normalisation']}, radius {r['guided_radius']}, "
           f"head {r['head_gate']}, gate {r['prob_gate']})", flush=True)
@@ -76,7 +76,7 @@ def cam_protocol(tmp: Path) -> dict:
                                 localisation=False, on_row=print_row)
     _, best = protocol.best_cams(study.results)
     for kind, b in best.items():
-        print(f"best CAM, refine {kind} (chosen on validation): {b.method} @ {b.layer}, test mean-Dice {b.mean_dice:.3f}, "
+        print(f"best CAM, refinement {kind} (chosen on validation): {b.method} @ {b.layer}, test mean-Dice {b.mean_dice:.3f}, "
               f"patient Dice {b.patient_dice:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return best
 

@@ -115,8 +115,8 @@ def dice_vs_threshold(curves: pd.DataFrame, results: pd.DataFrame, path: str | P
     import seaborn as sns
 
     thr = curves[curves.rule == "threshold"]
-    best_thr = thr.groupby(["arch", "method", "layer", "refine", "value"], as_index=False).mean_dice.max()
-    g = sns.relplot(data=best_thr, x="value", y="mean_dice", hue="method", style="refine", col="layer", row="arch",
+    best_thr = thr.groupby(["arch", "method", "layer", "refinement", "value"], as_index=False).mean_dice.max()
+    g = sns.relplot(data=best_thr, x="value", y="mean_dice", hue="method", style="refinement", col="layer", row="arch",
                     kind="line", marker="o", height=3, aspect=1.2)
     for (arch, layer), ax in g.axes_dict.items():  # facets are (row=arch, col=layer)
         sel = results[(results.arch == arch) & (results.layer == layer) & (results.rule == "threshold")]

@@ -26,7 +26,7 @@ from .refinement import GUIDE_CHANNEL, GUIDED_EPS
 from .selection import SELECT_BY, apply_setting, best_settings, setting_heatmaps, sweep_settings
 from .unet import choose_volume_cleanup, predict_masks
 
-TABLE_COLUMNS = ["arch", "method", "layer", "refine", "val_mean_dice", "val_patient_dice", "mean_dice", "mean_dice_ci",
+TABLE_COLUMNS = ["arch", "method", "layer", "refinement", "val_mean_dice", "val_patient_dice", "mean_dice", "mean_dice_ci",
                  "patient_dice", "patient_dice_ci", "two_class_dice", "fp_area", "pointing_game", "mass_inside",
                  "pixel_ap", "rule", "value", "normalisation", "guided_radius", "head_gate", "prob_gate", "cleanup",
                  "volume_cleanup"]
@@ -83,7 +83,7 @@ class SweepGrid:
 @dataclass
 class CamStudy:
     """:func:`study_cams`' outcome: every validation sweep row (``curves``), one test row per chosen
-    setting (``results``), per-patient test Dice frames and the chosen test masks by (arch, method, layer, refine)."""
+    setting (``results``), per-patient test Dice frames and the chosen test masks by (arch, method, layer, refinement)."""
 
     curves: pd.DataFrame
     results: pd.DataFrame
@@ -175,7 +175,7 @@ def _test_row(arch, mth, layer, kind, best, masks, heat, test: Split, grid: Swee
     s = metrics.score_masks(masks, test.gt, test.patients, n_boot, seed)
     loc = {"pointing_game": metrics.pointing_game(heat, test.gt), "mass_inside": metrics.mass_inside(heat, test.gt),
            "pixel_ap": metrics.pixel_average_precision(heat, test.gt, seed=seed)} if localisation else {}
-    return {"arch": arch, "method": mth, "layer": layer if mth not in cams.BASELINES else "-", "refine": kind,
+    return {"arch": arch, "method": mth, "layer": layer if mth not in cams.BASELINES else "-", "refinement": kind,
             "val_mean_dice": best["mean_dice"], "val_patient_dice": best["patient_dice"], **s, **loc,
             "rule": best["rule"], "value": best["value"], "normalisation": best["normalisation"],
             "guided_radius": int(best["guided_radius"]), "guided_eps": grid.guided_eps,
@@ -205,7 +205,7 @@ def best_cams(results: pd.DataFrame, select_by: str = "mean_dice") -> tuple[pd.S
     (of equals, the first scored)."""
     cam_rows = results[~results.method.isin(cams.BASELINES)]
     key = f"val_{select_by}"
-    return cam_rows.loc[cam_rows[key].idxmax()], {k: g.loc[g[key].idxmax()] for k, g in cam_rows.groupby("refine")}
+    return cam_rows.loc[cam_rows[key].idxmax()], {k: g.loc[g[key].idxmax()] for k, g in cam_rows.groupby("refinement")}
 
 
 def results_table(results: pd.DataFrame, unet: UnetStudy, select_by: str = "mean_dice") -> pd.DataFrame:
@@ -222,18 +222,18 @@ def dice_record(study: CamStudy, unet: UnetStudy, table: pd.DataFrame, select_by
     """What ``metrics/05_dice.json`` holds: the choices, the U-Net, the random baseline at the best CAM's
     refinement (the setting :mod:`.evaluate` applies to new patients) and the test table."""
     results = study.results
-    best_cam, by_refine = best_cams(results, select_by)
-    rand = (results.method == "random") & (results.refine == best_cam.refine)
+    best_cam, by_refinement = best_cams(results, select_by)
+    rand = (results.method == "random") & (results.refinement == best_cam.refinement)
     u = unet.scores
     return {
         "select_by": select_by,
         "summary": (f"Knobs chosen on validation by {select_by} per (model, method, layer); test split; 95 % CIs by "
                     f"patient bootstrap ({n_boot}). mean_dice = mean per-slice Dice over test slices with tumour; "
-                    f"patient_dice = 3-D Dice per patient. refine: none = the heatmap alone, guided = re-drawn along "
+                    f"patient_dice = 3-D Dice per patient. refinement: none = the heatmap alone, guided = re-drawn along "
                     f"the image's edges (guided filter). "
-                    + " ".join(f"Best CAM, refine={k}: {b.arch} {b.method} @ {b.layer}, mean-Dice {b.mean_dice:.3f}."
-                               for k, b in by_refine.items()) + f" U-Net: {u['mean_dice']:.3f}."),
-        "best_cam": best_cam.to_dict(), "best_cam_by_refine": {k: b.to_dict() for k, b in by_refine.items()},
+                    + " ".join(f"Best CAM, refinement={k}: {b.arch} {b.method} @ {b.layer}, mean-Dice {b.mean_dice:.3f}."
+                               for k, b in by_refinement.items()) + f" U-Net: {u['mean_dice']:.3f}."),
+        "best_cam": best_cam.to_dict(), "best_cam_by_refinement": {k: b.to_dict() for k, b in by_refinement.items()},
         "unet": u, "unet_width": unet_width, "unet_volume_cleanup": unet.chosen["volume_cleanup"],
         "unet_val_volume_cleanups": unet.val_rows,
         "random_baseline": results[rand].iloc[0].to_dict() if rand.any() else None,

@@ -119,7 +119,7 @@ def sweep_settings(
     """:func:`sweep` of a :class:`camseg_utils.cams.Heatmaps` on one (validation) split over every
     guided radius and heatmap scale as well. Each row carries what :func:`apply_setting` needs
     (``normalisation``, ``reference``, ``guided_radius``, ``guided_eps``, ``guide_channel``) and
-    ``refine``: 'none' (radius 0, the heatmap alone) or 'guided'. The global scale's reference is
+    ``refinement``: 'none' (radius 0, the heatmap alone) or 'guided'. The global scale's reference is
     taken after refining, from this split's raw peaks."""
     if not len(guided_radii) or any(int(r) != r or r < 0 for r in guided_radii):
         raise SegmentError(f"guided_radii={list(guided_radii)}: expected whole numbers of pixels >= 0 (0: no refinement)")
@@ -128,7 +128,7 @@ def sweep_settings(
         h = refine(heatmaps, images, int(rad), guided_eps, guide_channel, device)
         ref = global_scale(raw_peaks(h))
         extra = {"guided_radius": int(rad), "guided_eps": float(guided_eps), "guide_channel": int(guide_channel),
-                 "reference": ref, "refine": "guided" if rad else "none"}
+                 "reference": ref, "refinement": "guided" if rad else "none"}
         for nm in normalisations:
             rows += [dict(r, normalisation=nm, **extra)
                      for r in sweep(scaled_heatmaps(h, nm, ref), gt, heads, probs, thresholds, top_ks, device=device, **sweep_kw)]
@@ -136,10 +136,10 @@ def sweep_settings(
 
 
 def best_settings(rows: list[dict], select_by: str = "mean_dice") -> dict[str, dict]:
-    """The best row of :func:`sweep_settings` by ``select_by``, per ``refine`` kind ('none', 'guided')."""
+    """The best row of :func:`sweep_settings` by ``select_by``, per ``refinement`` ('none', 'guided')."""
     best: dict[str, dict] = {}
     for r in rows:
-        k = r.get("refine", "none")
+        k = r.get("refinement", "none")
         if k not in best or r[select_by] > best[k][select_by]:
             best[k] = r
     return dict(sorted(best.items(), key=lambda kv: kv[0] != "none"))

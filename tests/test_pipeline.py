@@ -39,13 +39,13 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert any(r["arch"].startswith("U-Net") for r in rows)
     # each (model, method, layer) scored with the heatmap alone and with the guided refinement
     cam = [r for r in rows if not r["arch"].startswith("U-Net")]
-    assert {r["refine"] for r in cam} == {"none", "guided"}
-    assert all((r["guided_radius"] == 0) == (r["refine"] == "none") for r in cam)
+    assert {r["refinement"] for r in cam} == {"none", "guided"}
+    assert all((r["guided_radius"] == 0) == (r["refinement"] == "none") for r in cam)
     # chosen on validation: each row's validation score is the best of its sweep (every knob, one refinement)
     sweep = pd.read_csv(run_dir / "metrics" / "05_val_sweep.csv")
     first_layer = pipeline.load_preset("smoke")["common"]["layers"][0]  # where the layer-free baselines are swept
     for r in cam:
-        mine = sweep[(sweep.arch == r["arch"]) & (sweep.method == r["method"]) & (sweep.refine == r["refine"])
+        mine = sweep[(sweep.arch == r["arch"]) & (sweep.method == r["method"]) & (sweep.refinement == r["refinement"])
                      & (sweep.layer == (first_layer if r["layer"] == "-" else r["layer"]))]
         assert len(mine) and r["val_mean_dice"] == pytest.approx(mine.mean_dice.max(), rel=1e-12), r
     unet_row = next(r for r in rows if r["arch"].startswith("U-Net"))

@@ -332,14 +332,14 @@ def test_sweep_settings_covers_radii_and_scales_and_picks_per_refinement():
     args = (hm, images, gt, heads, None, [0.3, 0.5], [10])
     rows = sweep_settings(*args, guided_radii=(0, 2, 4), head_gates=(True,), prob_gates=(0.0,))
     assert len(rows) == 3 * 2 * (2 + 1 + 1)
-    assert {r["refine"] for r in rows if r["guided_radius"] == 0} == {"none"}
-    assert {r["refine"] for r in rows if r["guided_radius"] > 0} == {"guided"}
+    assert {r["refinement"] for r in rows if r["guided_radius"] == 0} == {"none"}
+    assert {r["refinement"] for r in rows if r["guided_radius"] > 0} == {"guided"}
     plain = sweep(scaled_heatmaps(hm, "per_image"), gt, heads, None, [0.3, 0.5], [10], (True,), (0.0,))
     assert [r["mean_dice"] for r in rows[:len(plain)]] == [r["mean_dice"] for r in plain]
     best = best_settings(rows)
     assert list(best) == ["none", "guided"]
     for kind, b in best.items():
-        assert b["mean_dice"] == max(r["mean_dice"] for r in rows if r["refine"] == kind)
+        assert b["mean_dice"] == max(r["mean_dice"] for r in rows if r["refinement"] == kind)
         masks = apply_setting(hm, b, heads, images=images)  # the row alone reproduces its number
         assert metrics.mean_dice(masks, gt) == pytest.approx(b["mean_dice"])
     assert best["guided"]["mean_dice"] > best["none"]["mean_dice"]
