@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from camseg_utils import cams, models, train
+from camseg_utils.device import device_name, resolve_device
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--archs", nargs="+", default=["small_cnn", "resnet18"])
@@ -23,8 +24,8 @@ ap.add_argument("--batch", type=int, default=16)
 ap.add_argument("--batches", type=int, default=3, help="timed batches per measurement")
 ap.add_argument("--device", default="auto")
 args = ap.parse_args()
-device = train.resolve_device(args.device)
-name = train.device_name(device)
+device = resolve_device(args.device)
+name = device_name(device)
 print(f"device: {name}; size {args.size}, batch {args.batch}, layer {args.layer}")
 
 

@@ -1,11 +1,12 @@
-"""Segmentation quality on LGG (issue targets: best CAM mean-Dice >= 0.60 and >= 0.8x the U-Net;
-U-Net mean-Dice >= 0.75 and patient Dice >= 0.82 at 256 x 256). Prints every number with the device.
+"""Segmentation quality on LGG (targets: best CAM mean-Dice >= 0.60 and >= 0.8x the U-Net; U-Net
+mean-Dice >= 0.75 and patient Dice >= 0.82 at 256 x 256). Prints every number with the device.
 
-A condensed notebook 02 + 05 for one architecture, with the same functions and protocol: every
-knob chosen on validation per (method, layer), scored once on test with patient-bootstrap CIs.
-The CAMs' clean-up is left out here to keep the run short. Each (method, layer) is scored with the heatmap
-alone (refine none) and with the guided refinement (radius chosen on validation). The U-Net comes
-last (it takes longest), with its 3-D clean-up chosen on validation as in 05.
+A condensed notebook 02 + 05 for one architecture, through the same protocol
+(:mod:`camseg_utils.protocol`): every knob chosen on validation per (method, layer), scored once on
+test with patient-bootstrap CIs. The CAMs' clean-up and threshold-free metrics are left out here to
+keep the run short. Each (method, layer) is scored with the heatmap alone (refinement none) and with the
+guided refinement (radius chosen on validation). The U-Net comes last (it takes longest), with its
+3-D clean-up chosen on validation as in 05; every fraction's test score is printed beside it.
 
     python benchmarks/bench_dice_lgg.py [--root ../shared/data/lgg/kaggle_3m] [--size 256] [--arch resnet18]
     python benchmarks/bench_dice_lgg.py --unet-only --unet-width 8 --unet-epochs 20   # the U-Net reference alone
@@ -19,9 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from camseg_utils import cams, data, metrics, segment, train, unet
+from camseg_utils import classification, data, protocol, train, unet
+from camseg_utils.device import device_name, resolve_device
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "lgg", "kaggle_3m"))
@@ -42,46 +42,42 @@ ap.add_argument("--device", default="auto")
 ap.add_argument("--out", default=None,
                 help="keep checkpoints and heatmaps here (a later run with the same settings resumes from them); default: a temporary folder")
 args = ap.parse_args()
-dev = train.resolve_device(args.device)
+dev = resolve_device(args.device)
 radii = args.guided_radii or [0, args.size // 16, args.size // 8]
 t0 = time.perf_counter()
 ds = data.build_dataset("lgg", args.root, args.size, seed=0, progress=False)
 tr, va, te = (ds.split(s) for s in data.SPLITS)
-print(f"device: {train.device_name(dev)}; LGG {len(ds)} slices at {args.size}, split {len(tr)}/{len(va)}/{len(te)}",
+print(f"device: {device_name(dev)}; LGG {len(ds)} slices at {args.size}, split {len(tr)}/{len(va)}/{len(te)}",
       flush=True)
-gt_v, gt_t = np.asarray(va.masks), np.asarray(te.masks)
-heads_v, heads_t = segment.head_masks(va.images), segment.head_masks(te.images)
-pat_v, pat_t = va.manifest.patient.to_numpy(), te.manifest.patient.to_numpy()
+val, test = protocol.Split.of(va), protocol.Split.of(te)
+
+
+def print_row(r: dict) -> None:
+    print(f"  {r['method']:9s} @ {r['layer']:6s} refinement {r['refinement']:6s}: val mean-Dice {r['val_mean_dice']:.3f} -> test "
+          f"mean-Dice {r['mean_dice']:.3f} [{r['mean_dice_ci'][0]:.3f}, {r['mean_dice_ci'][1]:.3f}], patient Dice "
+          f"{r['patient_dice']:.3f} ({r['rule']} {r['value']:g}, {r['normalisation']}, radius {r['guided_radius']}, "
+          f"head {r['head_gate']}, gate {r['prob_gate']})", flush=True)
 
 
 def cam_protocol(tmp: Path) -> dict:
     """Train the classifier, then choose every CAM knob on validation and score on test."""
     cfg = train.TrainConfig(arch=args.arch, epochs=args.epochs, batch_size=64, lr=1e-3, device=args.device)
-    train.train_classifier(tr, va, cfg, tmp / "clf", progress=False)
-    model, norm, meta = train.load_classifier(tmp / "clf" / "best.pt", device=dev)
+    clf_dir = tmp / "models" / args.arch  # where protocol.run_heatmaps looks for it
+    train.train_classifier(tr, va, cfg, clf_dir, progress=False)
+    model, norm, meta = train.load_classifier(clf_dir / "best.pt", device=dev)
     p_v, p_t = train.predict(model, norm, va.images, amp=True), train.predict(model, norm, te.images, amp=True)
-    m = train.classification_metrics(te.manifest.tumour, p_t)
+    m = classification.classification_metrics(te.manifest.tumour, p_t)
     print(f"{args.arch}: test accuracy {m['accuracy']:.3f}, AUC {m['auc']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    best = {}  # refine kind -> (val mean-Dice, method, layer, test scores)
-    for layer in args.layers:
-        for mth in args.methods:
-            hv, ht = (cams.cached_heatmaps(tmp, tmp / "clf" / "best.pt", part.images, s, mth, layer, batch_size=64,
-                                           device=dev, progress=False, loader=lambda: (model, norm, meta))
-                      for s, part in (("val", va), ("test", te)))
-            rows = segment.sweep_settings(hv, va.images, gt_v, heads_v, p_v, [i / 10 for i in range(1, 10)],
-                                          [1, 2, 5, 10, 20], guided_radii=radii, device=dev, patients=pat_v)
-            for kind, b in segment.best_settings(rows).items():
-                s = metrics.score_masks(segment.apply_setting(ht, b, heads_t, p_t, images=te.images, device=dev),
-                                        gt_t, pat_t)
-                print(f"  {mth:9s} @ {layer:6s} refine {kind:6s}: val mean-Dice {b['mean_dice']:.3f} -> test mean-Dice "
-                      f"{s['mean_dice']:.3f} [{s['mean_dice_ci'][0]:.3f}, {s['mean_dice_ci'][1]:.3f}], patient Dice "
-                      f"{s['patient_dice']:.3f} ({b['rule']} {b['value']:g}, {b['normalisation']}, radius "
-                      f"{b['guided_radius']}, head {b['head_gate']}, gate {b['prob_gate']})", flush=True)
-                if kind not in best or b["mean_dice"] > best[kind][0]:
-                    best[kind] = (b["mean_dice"], mth, layer, s)
-    for kind, (_, mth, layer, s) in best.items():
-        print(f"best CAM, refine {kind} (chosen on validation): {mth} @ {layer}, test mean-Dice {s['mean_dice']:.3f}, "
-              f"patient Dice {s['patient_dice']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    heatmaps = protocol.run_heatmaps(tmp, val, test, batch_size=64, device=dev, progress=False,
+                                     loader=lambda: (model, norm, meta))
+    grid = protocol.SweepGrid([i / 10 for i in range(1, 10)], [1, 2, 5, 10, 20], guided_radii=radii)
+    study = protocol.study_cams(heatmaps, lambda _: (p_v, p_t),
+                                [args.arch], args.methods, args.layers, val, test, grid, device=dev,
+                                localisation=False, on_row=print_row)
+    _, best = protocol.best_cams(study.results)
+    for kind, b in best.items():
+        print(f"best CAM, refinement {kind} (chosen on validation): {b.method} @ {b.layer}, test mean-Dice {b.mean_dice:.3f}, "
+              f"patient Dice {b.patient_dice:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return best
 
 
@@ -94,17 +90,12 @@ with (contextlib.nullcontext(args.out) if args.out else tempfile.TemporaryDirect
     print(f"U-Net (width {args.unet_width}, {args.unet_epochs} epochs, {time.perf_counter() - tu:.0f} s; best epoch "
           f"{uck['best']['epoch']}, val mean-Dice {uck['best']['val_mean_dice']:.3f})", flush=True)
     # the 3-D clean-up as 05 does it: the fraction chosen on validation (by mean-Dice); 0 = the raw masks
-    chosen, val_rows = unet.choose_volume_cleanup(net, unorm, va, args.volume_cleanups)
-    raw_t = unet.predict_masks(net, unorm, te.images)  # predicted once, cleaned per fraction
-    for r in val_rows:
-        uf = metrics.score_masks(segment.keep_volume_components(raw_t, te.manifest["case"], te.manifest["slice"],
-                                                                r["volume_cleanup"]), gt_t, pat_t)
-        print(f"  3-D clean-up {r['volume_cleanup']:g}{' (chosen)' if r is chosen else ''}: val mean-Dice "
+    u = protocol.study_unet(net, unorm, va, test, args.volume_cleanups, every_fraction=True)
+    for r, uf in zip(u.val_rows, u.test_by_fraction):
+        print(f"  3-D clean-up {r['volume_cleanup']:g}{' (chosen)' if r is u.chosen else ''}: val mean-Dice "
               f"{r['mean_dice']:.3f}, patient Dice {r['patient_dice']:.3f} -> test mean-Dice {uf['mean_dice']:.3f} "
               f"[{uf['mean_dice_ci'][0]:.3f}, {uf['mean_dice_ci'][1]:.3f}], patient Dice {uf['patient_dice']:.3f} "
               f"[{uf['patient_dice_ci'][0]:.3f}, {uf['patient_dice_ci'][1]:.3f}], FP area {uf['fp_area']:.5f}", flush=True)
-        if r is chosen:
-            u = uf
     if best:
         print("best CAM / U-Net (chosen 3-D clean-up): "
-              + ", ".join(f"{k} {v[3]['mean_dice'] / u['mean_dice']:.2f}" for k, v in best.items()), flush=True)
+              + ", ".join(f"{k} {b.mean_dice / u.scores['mean_dice']:.2f}" for k, b in best.items()), flush=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from camseg_utils import cams, data, models, train
+from camseg_utils.device import device_name, resolve_device
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--root", default=str(data.default_lgg_root()), help="kaggle_3m folder (default $CAMSEG_LGG_ROOT or data/raw/kaggle_3m)")
@@ -24,8 +25,8 @@ ap.add_argument("--size", type=int, default=256)
 ap.add_argument("--batch", type=int, default=32)
 ap.add_argument("--device", default="auto")
 args = ap.parse_args()
-dev = train.resolve_device(args.device)
-name = train.device_name(dev)
+dev = resolve_device(args.device)
+name = device_name(dev)
 ds = data.load_lgg(args.root, size=args.size, progress=False)
 print(f"device: {name}; {len(ds)} slices at {args.size} x {args.size}, {args.method} @ {args.layer}, batch {args.batch}")
 for arch in args.archs:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from camseg_utils import data, models, train
+from camseg_utils.device import device_name, resolve_device, to_tensor
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--archs", nargs="+", default=["small_cnn"])
@@ -22,8 +23,8 @@ ap.add_argument("--batch", type=int, default=32)
 ap.add_argument("--steps", type=int, default=20)
 ap.add_argument("--device", default="auto")
 args = ap.parse_args()
-dev = train.resolve_device(args.device)
-name = train.device_name(dev)
+dev = resolve_device(args.device)
+name = device_name(dev)
 ds = data.generate_synthetic(n_patients=30, size=args.size, seed=0)
 print(f"device: {name}; size {args.size}, batch {args.batch}, {args.steps} steps per measurement")
 
@@ -41,7 +42,7 @@ for arch in args.archs:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     amp = dev.type == "cuda"
     norm = train.Normalise(*train.channel_stats(ds.images)).to(dev)
-    x_all = train.to_tensor(ds.images, dev)
+    x_all = to_tensor(ds.images, dev)
     y_all = torch.from_numpy(ds.manifest.tumour.to_numpy().astype(np.int64)).to(dev)
     gen = torch.Generator(device=dev).manual_seed(0)
     order = torch.randint(0, len(x_all), (10_000 * args.batch,), device=dev, generator=gen)  # as an epoch's permutation

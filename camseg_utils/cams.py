@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .device import to_tensor
 from .io import file_sha256, read_json, write_json
 from .models import get_layer, resolve_layer
 
@@ -259,8 +260,6 @@ def compute_heatmaps(
     (memory-mapped) arrays to fill, so the whole dataset never has to sit in memory.
     """
     from tqdm.auto import tqdm
-
-    from .train import to_tensor
 
     check_method(method)
     n, h, w = images.shape[:3]

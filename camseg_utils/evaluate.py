@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import cams, data, metrics, segment, train, unet
+from . import cams, classification, data, metrics, protocol, train, unet
 from .io import UnreadableFileError, atomic_path, file_sha256, read_json, write_json
+from .masks import head_masks
 from .provenance import data_fingerprint, provenance
 from .report import markdown_table
 
@@ -96,14 +97,14 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
     resized = sorted(set(int(s) for s in m.native_size) - {size})
 
     probs = train.predict(model, norm, ds.images, batch_size * 2, amp=True)
-    heads = segment.head_masks(ds.images)
+    heads = head_masks(ds.images)
     key = f"external-{train.images_sha256(ds.images)[:16]}"  # by pixels: two cohorts may share every name
     hm = cams.cached_heatmaps(out_dir, ckpt_path, ds.images, key, best["method"], best["layer"], best["fuse"],
                               batch_size, dev, seed=int(best.get("seed", 0)), progress=progress,
                               loader=lambda: (model, norm, ckpt))
-    cam_masks = segment.apply_setting(hm, best, heads, probs, images=ds.images, device=dev)
+    _, cam_masks = protocol.apply_chosen(hm, best, ds.images, heads, probs, dev)
     net, unorm, _ = unet.load_unet(run_dir / "models" / "unet" / "best.pt", dev)
-    unet_cleanup = float(chosen.get("unet_volume_cleanup", 0.0))  # runs older than the 3-D clean-up: none
+    unet_cleanup = float(chosen.get("unet_volume_cleanup", 0.0))  # absent: no 3-D clean-up
     unet_masks = unet.predict_volumes(net, unorm, ds, unet_cleanup, batch_size)
 
     # outputs: masks as PNG beside an index of what was read (paths only, no copies of the images)
@@ -136,15 +137,15 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
         gt, pats = np.asarray(ds.masks)[has], m.patient.to_numpy()[has]
         index.loc[has, "cam_dice"] = metrics.dice(cam_masks[has], gt)
         index.loc[has, "unet_dice"] = metrics.dice(unet_masks[has], gt)
-        result["classification"] = {k: v for k, v in train.classification_metrics(m.tumour[has], probs[has]).items()}
+        result["classification"] = {k: v for k, v in classification.classification_metrics(m.tumour[has], probs[has]).items()}
         seed = int(best.get("seed", 0))
         result["cam"] = metrics.score_masks(cam_masks[has], gt, pats, n_boot, seed)
         result["unet"] = metrics.score_masks(unet_masks[has], gt, pats, n_boot, seed)
         if rand:
             rh = cams.cached_heatmaps(out_dir, ckpt_path, ds.images, key, "random", "last", rand["fuse"], batch_size,
                                       dev, seed=int(rand.get("seed", 0)), progress=False, loader=lambda: (model, norm, ckpt))
-            result["random_baseline"] = metrics.score_masks(segment.apply_setting(rh, rand, heads, probs, images=ds.images,
-                                                                                          device=dev)[has], gt, pats, n_boot, seed)
+            _, rand_masks = protocol.apply_chosen(rh, rand, ds.images, heads, probs, dev)
+            result["random_baseline"] = metrics.score_masks(rand_masks[has], gt, pats, n_boot, seed)
     result["seconds"] = time.perf_counter() - t0
     with atomic_path(out_dir / "predictions.csv") as tmp:
         index.to_csv(tmp, index=False)

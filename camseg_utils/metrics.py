@@ -1,4 +1,5 @@
-"""Segmentation metrics. Conventions, stated once and tested:
+"""Segmentation and localisation metrics of masks and heatmaps, and patient-bootstrap confidence
+intervals (classification metrics live in :mod:`.classification`). Conventions, stated once and tested:
 
 - Dice(A, B) = 2|A and B| / (|A| + |B|). Two empty masks: undefined, NaN. A tumour slice with an
   empty prediction: 0.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import average_precision_score
 
 
 class MetricError(ValueError):
@@ -99,8 +101,6 @@ def mass_inside(heatmaps: np.ndarray, gt: np.ndarray) -> float:
 
 def pixel_average_precision(heatmaps: np.ndarray, gt: np.ndarray, max_pixels: int = 2_000_000, seed: int = 0) -> float:
     """Average precision of heatmap values as tumour-pixel scores, pooled over tumour slices."""
-    from sklearn.metrics import average_precision_score
-
     has = gt.reshape(len(gt), -1).any(1)
     if not has.any():
         return float("nan")
@@ -127,19 +127,18 @@ def bootstrap_ci(values: np.ndarray, patients: np.ndarray, n_boot: int = 1000, s
     return (float(lo), float(hi))
 
 
-def score_masks(pred: np.ndarray, gt: np.ndarray, patients: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Every reported segmentation number for one set of masks, with patient-bootstrap 95 % CIs."""
+def score_masks(pred: np.ndarray, gt: np.ndarray, patients: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                level: float = 0.95) -> dict:
+    """Every reported segmentation number for one set of masks, with patient-bootstrap CIs at ``level``."""
     has = gt.reshape(len(gt), -1).any(1)
-    per_slice = dice(pred, gt)
-    per_slice = np.where(has, per_slice, np.nan)  # mean-Dice counts tumour slices only
-    pdice = patient_dice(pred, gt, patients)
-    pdf = pdice.dropna()
-    boot = np.random.default_rng(seed).integers(0, len(pdf), (n_boot, len(pdf))) if len(pdf) else None
-    p_ci = tuple(np.quantile(pdf.to_numpy()[boot].mean(1), [0.025, 0.975]).tolist()) if boot is not None else (np.nan,) * 2
+    per_slice = np.where(has, dice(pred, gt), np.nan)  # mean-Dice counts tumour slices only
+    pdice = patient_dice(pred, gt, patients).dropna()
     return {
-        "mean_dice": mean_dice(pred, gt), "mean_dice_ci": list(bootstrap_ci(per_slice, patients, n_boot, seed)),
+        "mean_dice": mean_dice(pred, gt), "mean_dice_ci": list(bootstrap_ci(per_slice, patients, n_boot, seed, level)),
         "mean_iou": float(np.nanmean(np.where(has, iou(pred, gt), np.nan))) if has.any() else float("nan"),
-        "patient_dice": float(pdf.mean()) if len(pdf) else float("nan"), "patient_dice_ci": list(p_ci),
+        "patient_dice": float(pdice.mean()) if len(pdice) else float("nan"),
+        # one value per patient: the same resampling of patients, each patient weighing one
+        "patient_dice_ci": list(bootstrap_ci(pdice.to_numpy(), pdice.index.to_numpy(), n_boot, seed, level)),
         "two_class_dice": two_class_mean_dice(pred, gt), "fp_area": false_positive_area(pred, gt),
         "tumour_slices": int(has.sum()),
     }

@@ -154,7 +154,7 @@ def dice_table(metrics: dict[str, dict], run_dir: Path) -> str:
         if key not in m:
             raise ReadmeError(f"{run_dir / 'metrics/05_dice.json'} has no '{key}' entry")
     entries = [("best CAM setting (chosen on validation)", m["best_cam"])]
-    alone = (m.get("best_cam_by_refine") or {}).get("none")
+    alone = (m.get("best_cam_by_refinement") or {}).get("none")
     if alone and alone is not m["best_cam"] and alone != m["best_cam"]:
         entries.append(("best heatmap alone (no refinement)", alone))
     cleanup = float(m.get("unet_volume_cleanup") or 0)
@@ -268,7 +268,8 @@ def example_figure(run_dir: str | Path, path: str | Path | None = None, index: i
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from . import cams, data, metrics, plots, segment, train, unet
+    from . import cams, data, masks, metrics, plots, selection, unet
+    from .device import resolve_device
 
     run_dir = Path(run_dir)
     chosen = _stage(load_metrics(run_dir), "05_dice", run_dir)
@@ -281,16 +282,16 @@ def example_figure(run_dir: str | Path, path: str | Path | None = None, index: i
     tumour = np.flatnonzero(gt.reshape(len(gt), -1).any(1))
     if not len(tumour):
         raise ReadmeError(f"the test split of {run_dir} has no slice with tumour")
-    dev = train.resolve_device(device)
+    dev = resolve_device(device)
     ckpt = run_dir / "models" / best["arch"] / "best.pt"
     hm = cams.cached_heatmaps(run_dir, ckpt, test.images, "test", best["method"], best["layer"], best.get("fuse", "mean"),
                               batch_size, dev, seed=int(best.get("seed", 0)), progress=False)
     pred = pd.read_csv(run_dir / "models" / best["arch"] / "predictions.csv")
     probs = pred.loc[pred.split == "test", "prob"].to_numpy()
-    heads = segment.head_masks(test.images)
-    refined = segment.setting_heatmaps(hm, best, test.images, dev)
-    shown = segment.scaled_heatmaps(refined, best["normalisation"], best.get("reference"))
-    cam_masks = segment.apply_setting(refined, best, heads, probs)
+    heads = masks.head_masks(test.images)
+    refined = selection.setting_heatmaps(hm, best, test.images, dev)
+    shown = masks.scaled_heatmaps(refined, best["normalisation"], best.get("reference"))
+    cam_masks = selection.apply_setting(refined, best, heads, probs)
     cam_dice = metrics.dice(cam_masks[tumour], gt[tumour])
     if index is None:
         index = int(tumour[np.argsort(cam_dice, kind="stable")[len(tumour) // 2]])

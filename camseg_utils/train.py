@@ -1,4 +1,4 @@
-"""Training, prediction, evaluation and checkpoints for the tumour / no-tumour classifiers.
+"""Training, prediction and checkpoints for the tumour / no-tumour classifiers (their metrics: :mod:`.metrics`).
 
 Our design decisions (not the paper's): from scratch by default; the whole split lives
 on the device as uint8 and is augmented there in batches (flips, small rotations,
@@ -14,7 +14,7 @@ import platform
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .classification import classification_metrics
 from .data import DataError, Dataset, manifest_hash
+from .device import resolve_device, to_tensor
 from .io import UnreadableFileError, load_torch, save_torch
 from .models import build_model, get_spec
 
@@ -62,24 +64,6 @@ class TrainConfig:
     pretrained: bool | str = False
     augment: bool = True
     amp: bool = True  # bf16 autocast, on CUDA only
-    extra: dict = field(default_factory=dict)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda'")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but no CUDA GPU is available here; use 'auto' or 'cpu'")
-    return torch.device(device)
-
-
-def device_name(device: torch.device) -> str:
-    """The card's name for a CUDA device, else 'CPU (N threads)': what every benchmark prints."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
 
 
 def seed_everything(seed: int) -> None:
@@ -96,11 +80,6 @@ def versions() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------ tensors
-
-
-def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 N x H x W x 3 -> uint8 N x 3 x H x W on ``device`` (kept uint8 to save memory)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
@@ -334,43 +313,3 @@ def predict(
             out.append(torch.softmax(model(xb).float(), 1)[:, 1].cpu())
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
-
-
-# ------------------------------------------------------------ evaluation
-
-
-def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC (Mann-Whitney, ties counted half); NaN when only one class is present."""
-    y = np.asarray(y).astype(bool)
-    if y.all() or not y.any():
-        return float("nan")
-    from scipy.stats import rankdata
-
-    ranks = rankdata(p)
-    n_pos, n_neg = y.sum(), (~y).sum()
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
-    y = np.asarray(y).astype(bool)
-    pred = np.asarray(p) >= threshold
-    tp, tn = int((pred & y).sum()), int((~pred & ~y).sum())
-    fp, fn = int((pred & ~y).sum()), int((~pred & y).sum())
-    nan = float("nan")
-    return {
-        "n": int(len(y)), "accuracy": (tp + tn) / max(1, len(y)),
-        "sensitivity": tp / (tp + fn) if tp + fn else nan, "specificity": tn / (tn + fp) if tn + fp else nan,
-        "auc": roc_auc(y, p), "confusion": [[tn, fp], [fn, tp]],
-    }
-
-
-def per_patient_metrics(manifest: pd.DataFrame, p: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:
-    """Slice-level accuracy, sensitivity and specificity within each patient."""
-    df = manifest[["patient", "tumour"]].copy()
-    df["prob"] = p
-    rows = []
-    for patient, g in df.groupby("patient", sort=True):
-        m = classification_metrics(g["tumour"].to_numpy(), g["prob"].to_numpy(), threshold)
-        rows.append({"patient": patient, "slices": m["n"], "tumour_slices": int(g["tumour"].sum()),
-                     "accuracy": m["accuracy"], "sensitivity": m["sensitivity"], "specificity": m["specificity"]})
-    return pd.DataFrame(rows)

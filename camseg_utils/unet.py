@@ -21,19 +21,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import Dataset
+from .device import resolve_device, to_tensor
 from .io import UnreadableFileError, load_torch, save_torch
 from .metrics import mean_dice, score_masks
-from .segment import keep_volume_components
-from .train import (
-    Normalise,
-    augment_batch,
-    channel_stats,
-    images_sha256,
-    resolve_device,
-    seed_everything,
-    to_tensor,
-    versions,
-)
+from .morphology import keep_volume_components
+from .train import Normalise, augment_batch, channel_stats, images_sha256, seed_everything, versions
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -83,7 +75,7 @@ def predict_masks(model: nn.Module, norm: Normalise, images: np.ndarray, batch_s
 
 def predict_volumes(model: nn.Module, norm: Normalise, part: Dataset, min_fraction: float = 0.0,
                     batch_size: int = 32) -> np.ndarray:
-    """:func:`predict_masks` of a split, then :func:`segment.keep_volume_components` per scan (``case``)."""
+    """:func:`predict_masks` of a split, then :func:`.morphology.keep_volume_components` per scan (``case``)."""
     masks = predict_masks(model, norm, part.images, batch_size)
     return keep_volume_components(masks, part.manifest["case"], part.manifest["slice"], min_fraction)
 

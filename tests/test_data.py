@@ -118,7 +118,7 @@ def test_synthetic_shapes_masks_and_determinism():
         assert g["slice"].diff().dropna().eq(1).all()
 
 
-def test_synthetic_is_fast_enough_for_1000_slices():
+def test_synthetic_makes_about_1000_slices_with_tiny_and_large_tumours():
     ds = data.generate_synthetic(n_patients=42, size=128, seed=0)
     assert len(ds) >= 900
     sizes = 100 * ds.manifest.loc[ds.manifest.tumour, "tumour_pixels"] / 128**2

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from camseg_utils import data, models, train
+from camseg_utils import classification, data, models, train
 from camseg_utils.data import DataError
 from camseg_utils.models import ModelError
 from camseg_utils.train import CheckpointError
@@ -133,15 +133,34 @@ def test_metrics_match_sklearn():
     rng = np.random.default_rng(0)
     y = rng.random(200) < 0.3
     p = np.clip(y * 0.3 + rng.random(200) * 0.7, 0, 1).round(2)  # ties on purpose
-    m = train.classification_metrics(y, p)
+    m = classification.classification_metrics(y, p)
     assert m["auc"] == pytest.approx(roc_auc_score(y, p))
     (tn, fp), (fn, tp) = m["confusion"]
     assert tn + fp + fn + tp == 200 and m["accuracy"] == pytest.approx((tp + tn) / 200)
-    assert np.isnan(train.roc_auc(np.ones(5), np.random.rand(5)))
+    assert np.isnan(classification.roc_auc(np.ones(5), np.random.rand(5)))
 
 
-def test_augmentation_keeps_shape_and_range():
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(4, 3, 32, 32)
-    y = train.augment_batch(x, g)
+def test_augmentation_flips_rotates_moves_masks_alike_and_is_deterministic_under_a_seed():
+    import math
+
+    n, s = 32, 64
+    x = torch.rand(n, 3, s, s)
+    y = train.augment_batch(x, torch.Generator().manual_seed(0))
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1 and not torch.equal(x, y)
+    assert torch.equal(y, train.augment_batch(x, torch.Generator().manual_seed(0)))  # the seed fixes it
+    assert not torch.equal(y, train.augment_batch(x, torch.Generator().manual_seed(1)))
+    # a horizontal bar across the left half, as a mask: the documented draws (first a flip with probability
+    # 1/2, then an angle in +-10 deg) say where it must land: a flipped one in the right half, and its slope
+    # in pixels is -tan(angle), mirrored by the flip
+    bar = torch.zeros(n, 1, s, s)
+    bar[:, :, s // 2 - 1:s // 2 + 2, :s // 2] = 1
+    r = torch.rand(n, 8, generator=torch.Generator().manual_seed(0))
+    flip, angle = r[:, 0] < 0.5, (r[:, 1] - 0.5) * 2 * math.radians(10)
+    assert flip.any() and (~flip).any() and angle.abs().max() > math.radians(5)
+    y2, moved = train.augment_batch(x, torch.Generator().manual_seed(0), bar)
+    assert torch.equal(y2, y)  # masks ride along without changing the images' draws
+    for i in range(n):
+        rows, cols = np.nonzero(moved[i, 0].numpy())
+        assert (cols.mean() > s / 2) == bool(flip[i]), i
+        want = -math.tan(angle[i]) * (-1 if flip[i] else 1)
+        assert np.polyfit(cols, rows, 1)[0] == pytest.approx(want, abs=0.04), i

@@ -2,10 +2,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from camseg_utils import filtering, metrics, segment
+from camseg_utils import filtering, metrics
 from camseg_utils.cams import CamError
+from camseg_utils.masks import head_masks, head_share_masks, mask_counts, scaled_heatmaps, to_masks
 from camseg_utils.metrics import MetricError
-from camseg_utils.segment import SegmentError
+from camseg_utils.morphology import SegmentError, clean, clean_all, keep_volume_components
+from camseg_utils.refinement import guided_filter, refine
+from camseg_utils.selection import apply_setting, best_settings, setting_heatmaps, sweep, sweep_settings
 
 
 def _random_masks(seed, n=20, size=16):
@@ -93,38 +96,38 @@ def test_rules_gates_and_cleanup():
     h[:, 8, 8] = 0.95  # an isolated speck
     head = np.zeros((2, 10, 10), bool)
     head[:, :, :7] = True
-    m = segment.to_masks(h, "threshold", 0.5)
+    m = to_masks(h, "threshold", 0.5)
     assert m[0].sum() == 10
-    assert segment.to_masks(h, "threshold", 0.5, heads=head)[0].sum() == 9  # outside the head removed
-    assert segment.to_masks(h, "threshold", 0.5, cleanup=True)[0].sum() == 9 - 4  # opening shaves the corners
-    assert segment.to_masks(h, "otsu")[0].sum() == 10
-    assert segment.to_masks(h, "top_k", 1)[0].sum() == 1 and segment.to_masks(h, "top_k", 1)[0, 8, 8]
-    gated = segment.to_masks(h, "threshold", 0.5, probs=np.array([0.9, 0.1]), prob_gate=0.5)
+    assert to_masks(h, "threshold", 0.5, heads=head)[0].sum() == 9  # outside the head removed
+    assert to_masks(h, "threshold", 0.5, cleanup=True)[0].sum() == 9 - 4  # opening shaves the corners
+    assert to_masks(h, "otsu")[0].sum() == 10
+    assert to_masks(h, "top_k", 1)[0].sum() == 1 and to_masks(h, "top_k", 1)[0, 8, 8]
+    gated = to_masks(h, "threshold", 0.5, probs=np.array([0.9, 0.1]), prob_gate=0.5)
     assert gated[0].any() and not gated[1].any()
-    assert not segment.to_masks(np.zeros((1, 4, 4), np.float32), "otsu").any()
+    assert not to_masks(np.zeros((1, 4, 4), np.float32), "otsu").any()
 
 
 def test_bad_segmentation_input():
     h = np.zeros((1, 4, 4), np.float32)
     with pytest.raises(SegmentError, match=r"threshold=1.5: expected a value in \[0, 1\]"):
-        segment.to_masks(h, "threshold", 1.5)
+        to_masks(h, "threshold", 1.5)
     with pytest.raises(SegmentError, match="unknown rule"):
-        segment.to_masks(h, "kmeans")
+        to_masks(h, "kmeans")
     with pytest.raises(SegmentError, match="differ in shape"):
-        segment.to_masks(h, heads=np.zeros((1, 5, 5), bool))
+        to_masks(h, heads=np.zeros((1, 5, 5), bool))
     with pytest.raises(SegmentError, match="no tumour slice"):
-        segment.sweep(h, np.zeros((1, 4, 4), bool), None, None, [0.5], [5])
+        sweep(h, np.zeros((1, 4, 4), bool), None, None, [0.5], [5])
     with pytest.raises(SegmentError, match=r"top_k value=150: expected a percentage in \(0, 100\]"):
-        segment.to_masks(h, "top_k", 150)
+        to_masks(h, "top_k", 150)
     with pytest.raises(SegmentError, match="top_k value=0"):
-        segment.mask_counts(h, np.ones((1, 4, 4), bool), [0.5], [0])
+        mask_counts(h, np.ones((1, 4, 4), bool), [0.5], [0])
 
 
 def test_head_mask_fills_holes():
     img = np.zeros((1, 9, 9, 3), np.uint8)
     img[0, 1:8, 1:8] = 100
     img[0, 4, 4] = 0  # a dark ventricle inside the head
-    head = segment.head_masks(img)
+    head = head_masks(img)
     assert head[0, 4, 4] and head.sum() == 49
 
 
@@ -149,9 +152,9 @@ def test_vectorised_threshold_counts_equal_the_masks_one_by_one():
     h, gt, heads = _heatmaps_and_heads(np.random.default_rng(3), 1, 30, 0.5, 0.6, 2)
     ts = [0.1, 0.3, 0.5, 0.7, 0.9]
     for hd in (None, heads):
-        inter, size = segment.threshold_counts(h, gt, ts, hd, chunk=7)
+        inter, size = mask_counts(h, gt, ts, (), hd, chunk=7)
         for j, t in enumerate(ts):
-            m = segment.to_masks(h, "threshold", t, hd)
+            m = to_masks(h, "threshold", t, hd)
             assert np.array_equal(inter[:, j], (m & gt).sum((1, 2)))
             assert np.array_equal(size[:, j], m.sum((1, 2)))
 
@@ -161,15 +164,15 @@ def test_fast_sweep_equals_masks_one_by_one():
     h, gt, heads = _heatmaps_and_heads(rng, 2, 24, 0.4, 0.7, 3)
     probs = rng.random(len(gt))
     patients = np.repeat(["p1", "p2", "p3"], 8)
-    rows = segment.sweep(h, gt, heads, probs, [0.2, 0.6], [2, 10], (False, True), (0.0, 0.5), (False, True), patients,
-                         refine=None)
+    rows = sweep(h, gt, heads, probs, [0.2, 0.6], [2, 10], (False, True), (0.0, 0.5), (False, True), patients,
+                         cleanup_candidates=None)
     assert len(rows) == 2 * 2 * 2 * (2 + 1 + 2)
     for r in rows:
-        m = segment.to_masks(h, r["rule"], r["value"], heads if r["head_gate"] else None, probs, r["prob_gate"],
+        m = to_masks(h, r["rule"], r["value"], heads if r["head_gate"] else None, probs, r["prob_gate"],
                              r["cleanup"])
         assert r["mean_dice"] == pytest.approx(metrics.mean_dice(m, gt)), r
         assert r["patient_dice"] == pytest.approx(metrics.patient_dice(m, gt, patients).mean()), r
-    for k, m in zip([1, 5, 50], segment.top_k_masks(h, [1, 5, 50], heads)):
+    for k, m in zip([1, 5, 50], head_share_masks(h, [1, 5, 50], heads)):
         for i in range(len(h)):  # the k % highest values inside the head, zeros never selected
             vals = np.sort(h[i][heads[i]])[::-1]
             cut = vals[max(1, round(vals.size * k / 100)) - 1]
@@ -180,9 +183,9 @@ def test_sweep_tries_cleanup_on_the_best_settings_only():
     h, gt, heads = _heatmaps_and_heads(np.random.default_rng(5), 2, 24, 0.4, 0.7, 0)
     patients = np.repeat(["p1", "p2", "p3"], 8)
     args = (h, gt, heads, None, [0.2, 0.4, 0.6], [2, 10], (False, True), (0.0,))
-    full = segment.sweep(*args, (False, True), patients, refine=None)
+    full = sweep(*args, (False, True), patients, cleanup_candidates=None)
     for by in ("mean_dice", "patient_dice"):
-        rows = segment.sweep(*args, (False, True), patients, select_by=by, refine=3)
+        rows = sweep(*args, (False, True), patients, select_by=by, cleanup_candidates=3)
         plain = [r for r in rows if not r["cleanup"]]
         cleaned = [r for r in rows if r["cleanup"]]
         assert len(plain) == 2 * 6 and len(cleaned) == 3
@@ -191,10 +194,10 @@ def test_sweep_tries_cleanup_on_the_best_settings_only():
             {(r["rule"], r["value"], r["head_gate"]) for r in best3}
         for r in cleaned:  # the same numbers as the exhaustive sweep
             assert r in full
-    only = segment.sweep(*args, (True,), patients, refine=None)
+    only = sweep(*args, (True,), patients, cleanup_candidates=None)
     assert only and all(r["cleanup"] for r in only)
     with pytest.raises(SegmentError, match="select_by"):
-        segment.sweep(*args, (False,), None, select_by="patient_dice")
+        sweep(*args, (False,), None, select_by="patient_dice")
 
 
 def _clean_one_by_one(m):
@@ -215,11 +218,11 @@ def test_stack_cleanup_equals_scipy_slice_by_slice():
     masks[1] = False
     masks[1, 2:5, 2:5] = masks[1, 10:13, 10:13] = True  # two components of equal size: the first is kept
     masks[2] = True  # touching the border
-    out = segment.clean_all(masks)
+    out = clean_all(masks)
     for m, o in zip(masks, out):
         assert np.array_equal(o, _clean_one_by_one(m))
-    assert np.array_equal(segment.clean(masks[3]), out[3])
-    assert segment.clean_all(np.zeros((0, 4, 4), bool)).shape == (0, 4, 4)
+    assert np.array_equal(clean(masks[3]), out[3])
+    assert clean_all(np.zeros((0, 4, 4), bool)).shape == (0, 4, 4)
 
 
 def _guided_reference(p, g, r, eps):
@@ -244,21 +247,21 @@ def test_guided_filter_matches_a_window_by_window_reference():
     p, g = rng.random((3, 9, 11)), rng.random((3, 9, 11))
     for r, eps in ((1, 1e-3), (2, 1e-2), (6, 1e-3)):
         ref = _guided_reference(p.astype(np.float64), g.astype(np.float64), r, eps)
-        assert np.allclose(segment.guided_filter(p, g, r, eps, chunk=2), ref, atol=1e-4)
+        assert np.allclose(guided_filter(p, g, r, eps, chunk=2), ref, atol=1e-4)
     # linear in the map; a flat guide reduces it to a (doubly) smoothed map; the guide itself passes through
-    out = segment.guided_filter(p, g, 2)
-    assert np.allclose(segment.guided_filter(3 * p, g, 2), 3 * out, atol=1e-5)
-    both = segment.guided_filter((p, 3 * p), g, 2, chunk=2)  # maps sharing one guide come back together
+    out = guided_filter(p, g, 2)
+    assert np.allclose(guided_filter(3 * p, g, 2), 3 * out, atol=1e-5)
+    both = guided_filter((p, 3 * p), g, 2, chunk=2)  # maps sharing one guide come back together
     assert np.allclose(both[0], out, atol=1e-6) and np.allclose(both[1], 3 * out, atol=1e-5)
-    flat = segment.guided_filter(p, np.full_like(g, 0.5), 2)
+    flat = guided_filter(p, np.full_like(g, 0.5), 2)
     assert np.allclose(flat, _guided_reference(p, np.full_like(g, 0.5), 2, 1e-3), atol=1e-5)
-    assert np.allclose(segment.guided_filter(g, g, 2, eps=1e-8), g, atol=1e-3)
+    assert np.allclose(guided_filter(g, g, 2, eps=1e-8), g, atol=1e-3)
     with pytest.raises(SegmentError, match=r"\(3, 9, 11\) and guide \(3, 9, 10\)"):
-        segment.guided_filter(p, g[..., :10], 2)
+        guided_filter(p, g[..., :10], 2)
     with pytest.raises(SegmentError, match="radius=0"):
-        segment.guided_filter(p, g, 0)
+        guided_filter(p, g, 0)
     with pytest.raises(SegmentError, match="eps"):
-        segment.guided_filter(p, g, 1, eps=0)
+        guided_filter(p, g, 1, eps=0)
 
 
 def _blurred_disks(n=6, size=40, seed=0):
@@ -284,30 +287,39 @@ def test_refine_redraws_a_coarse_heatmap_along_the_image_edges():
     images, gt, heat = _blurred_disks()
     peak = heat.reshape(len(heat), -1).max(1)
     hm = Heatmaps(heat / heat.reshape(len(heat), -1).max(1)[:, None, None], heat / peak[:, None, None], peak, {})
-    assert segment.refine(hm, images, 0) is hm
-    fine = segment.refine(hm, images, 4, channel=1)
+    assert refine(hm, images, 0) is hm
+    fine = refine(hm, images, 4, channel=1)
     assert fine.heatmap.min() >= 0 and fine.heatmap.max() <= 1 and fine.meta["guided_radius"] == 4
     assert np.allclose(fine.raw_maps().max((1, 2)), fine.raw_peak)
-    plain = max(metrics.mean_dice(segment.to_masks(hm.heatmap, "threshold", t), gt) for t in np.arange(0.1, 1, 0.1))
-    refined = max(metrics.mean_dice(segment.to_masks(fine.heatmap, "threshold", t), gt) for t in np.arange(0.1, 1, 0.1))
+    plain = max(metrics.mean_dice(to_masks(hm.heatmap, "threshold", t), gt) for t in np.arange(0.1, 1, 0.1))
+    refined = max(metrics.mean_dice(to_masks(fine.heatmap, "threshold", t), gt) for t in np.arange(0.1, 1, 0.1))
     assert refined > plain + 0.05, (plain, refined)
-    # the mean of the channels as guide sees a weaker edge; an all-zero map stays zero, never NaN
-    assert segment.refine(hm, images, 4, channel=-1).heatmap.shape == heat.shape
+    # the mean of the channels as guide sees a weaker edge (contrast 47 instead of 140 grey levels): the
+    # heatmap's step across the tumour border grows less than with FLAIR alone, yet more than unrefined
+    from scipy import ndimage
+
+    mean_guided = refine(hm, images, 4, channel=-1)
+    assert mean_guided.heatmap.shape == heat.shape
+    inner = gt & ~ndimage.binary_erosion(gt, np.ones((1, 5, 5)))
+    ring = ndimage.binary_dilation(gt, np.ones((1, 5, 5))) & ~gt
+    step = [h.heatmap[inner].mean() - h.heatmap[ring].mean() for h in (hm, mean_guided, fine)]
+    assert step[0] + 0.2 < step[1] < step[2] - 0.02, step
+    # an all-zero map stays zero, never NaN
     zero = Heatmaps(np.zeros_like(heat), np.zeros_like(heat), np.zeros(len(heat), np.float32), {})
-    z = segment.refine(zero, images, 4)
+    z = refine(zero, images, 4)
     assert not np.isnan(z.heatmap).any() and not z.heatmap.any() and not z.raw_maps().any()
     with pytest.raises(SegmentError, match="guide channel=3"):
-        segment.refine(hm, images, 4, channel=3)
+        refine(hm, images, 4, channel=3)
     with pytest.raises(CamError, match="do not match"):
-        segment.refine(hm, images[:2], 4)
+        refine(hm, images[:2], 4)
     setting = {"rule": "threshold", "value": 0.5, "normalisation": "per_image", "head_gate": False, "prob_gate": 0.0,
                "cleanup": False, "guided_radius": 4}
     with pytest.raises(SegmentError, match="radius 4.*pass the images"):
-        segment.apply_setting(hm, setting)
-    assert np.array_equal(segment.apply_setting(hm, setting, images=images), fine.heatmap >= 0.5)
+        apply_setting(hm, setting)
+    assert np.array_equal(apply_setting(hm, setting, images=images), fine.heatmap >= 0.5)
     # heatmaps refined as the setting says are used as they are, not refined twice (no images needed)
-    assert segment.setting_heatmaps(fine, setting) is fine
-    assert np.array_equal(segment.apply_setting(fine, setting), fine.heatmap >= 0.5)
+    assert setting_heatmaps(fine, setting) is fine
+    assert np.array_equal(apply_setting(fine, setting), fine.heatmap >= 0.5)
 
 
 def test_sweep_settings_covers_radii_and_scales_and_picks_per_refinement():
@@ -318,21 +330,21 @@ def test_sweep_settings_covers_radii_and_scales_and_picks_per_refinement():
     hm = Heatmaps(heat / peak[:, None, None], heat / peak[:, None, None], peak, {})
     heads = np.ones_like(gt)
     args = (hm, images, gt, heads, None, [0.3, 0.5], [10])
-    rows = segment.sweep_settings(*args, guided_radii=(0, 2, 4), head_gates=(True,), prob_gates=(0.0,))
+    rows = sweep_settings(*args, guided_radii=(0, 2, 4), head_gates=(True,), prob_gates=(0.0,))
     assert len(rows) == 3 * 2 * (2 + 1 + 1)
-    assert {r["refine"] for r in rows if r["guided_radius"] == 0} == {"none"}
-    assert {r["refine"] for r in rows if r["guided_radius"] > 0} == {"guided"}
-    plain = segment.sweep(segment.scaled_heatmaps(hm, "per_image"), gt, heads, None, [0.3, 0.5], [10], (True,), (0.0,))
+    assert {r["refinement"] for r in rows if r["guided_radius"] == 0} == {"none"}
+    assert {r["refinement"] for r in rows if r["guided_radius"] > 0} == {"guided"}
+    plain = sweep(scaled_heatmaps(hm, "per_image"), gt, heads, None, [0.3, 0.5], [10], (True,), (0.0,))
     assert [r["mean_dice"] for r in rows[:len(plain)]] == [r["mean_dice"] for r in plain]
-    best = segment.best_settings(rows)
+    best = best_settings(rows)
     assert list(best) == ["none", "guided"]
     for kind, b in best.items():
-        assert b["mean_dice"] == max(r["mean_dice"] for r in rows if r["refine"] == kind)
-        masks = segment.apply_setting(hm, b, heads, images=images)  # the row alone reproduces its number
+        assert b["mean_dice"] == max(r["mean_dice"] for r in rows if r["refinement"] == kind)
+        masks = apply_setting(hm, b, heads, images=images)  # the row alone reproduces its number
         assert metrics.mean_dice(masks, gt) == pytest.approx(b["mean_dice"])
     assert best["guided"]["mean_dice"] > best["none"]["mean_dice"]
     with pytest.raises(SegmentError, match="guided_radii"):
-        segment.sweep_settings(*args, guided_radii=(0, 1.5))
+        sweep_settings(*args, guided_radii=(0, 1.5))
 
 
 def test_volume_cleanup_keeps_components_by_size_across_neighbouring_slices():
@@ -345,14 +357,14 @@ def test_volume_cleanup_keeps_components_by_size_across_neighbouring_slices():
     masks[1, 8, 0] = True  # a speck of 1 voxel on slice 1
     masks[4, 0:2, 0:2] = True  # scan b: 4 voxels, alone in its scan
     masks[5, 5, 5] = True
-    keep_all = segment.keep_volume_components(masks, volumes, slices, 0.0)
+    keep_all = keep_volume_components(masks, volumes, slices, 0.0)
     assert np.array_equal(keep_all, masks) and keep_all is not masks
-    largest = segment.keep_volume_components(masks, volumes, slices, 1.0)
+    largest = keep_volume_components(masks, volumes, slices, 1.0)
     expect = np.zeros_like(masks)
     expect[1, 2:6, 2:6] = expect[3, 2:6, 2:6] = expect[0, 3:5, 3:5] = True
     expect[4, 0:2, 0:2] = True
     assert np.array_equal(largest, expect)
-    tenth = segment.keep_volume_components(masks, volumes, slices, 0.1)  # a: keeps 4 of 36, drops 1; b: keeps 1 of 4
+    tenth = keep_volume_components(masks, volumes, slices, 0.1)  # a: keeps 4 of 36, drops 1; b: keeps 1 of 4
     expect[2, 5:7, 5:7] = expect[5, 5, 5] = True
     assert np.array_equal(tenth, expect)
 
@@ -365,7 +377,7 @@ def test_volume_cleanup_equals_skimage_labelling_per_scan():
     volumes = rng.integers(0, 3, 30)
     slices = rng.permutation(30)
     for frac in (0.2, 1.0):
-        out = segment.keep_volume_components(masks, volumes, slices, frac)
+        out = keep_volume_components(masks, volumes, slices, frac)
         for v in range(3):
             idx = np.flatnonzero(volumes == v)
             idx = idx[np.argsort(slices[idx])]
@@ -378,6 +390,6 @@ def test_volume_cleanup_equals_skimage_labelling_per_scan():
 def test_volume_cleanup_bad_input():
     m = np.zeros((2, 4, 4), bool)
     with pytest.raises(SegmentError, match="min_fraction=1.5"):
-        segment.keep_volume_components(m, [0, 0], [1, 2], 1.5)
+        keep_volume_components(m, [0, 0], [1, 2], 1.5)
     with pytest.raises(SegmentError, match="one volume id and slice number per slice"):
-        segment.keep_volume_components(m, [0], [1, 2], 1.0)
+        keep_volume_components(m, [0], [1, 2], 1.0)

@@ -92,7 +92,7 @@ def test_each_stage_is_keyed_by_the_package_modules_it_imports():
         nb = json.loads((nb_dir / f"{stage}.ipynb").read_text())
         return {p.name for p in prov.module_closure(prov.notebook_modules(nb))}
 
-    assert "segment.py" not in files("02_train") and "metrics.py" not in files("02_train")
+    assert "selection.py" not in files("02_train") and "metrics.py" not in files("02_train")
     assert {"metrics.py", "io.py", "data.py", "__init__.py"} <= files("05_dice")
     assert "train.py" in files("02_train")
 

@@ -5,7 +5,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from camseg_utils import data, metrics, segment, unet, widgets  # noqa: E402
+from camseg_utils import data, metrics, unet, widgets  # noqa: E402
+from camseg_utils.morphology import keep_volume_components  # noqa: E402
 
 
 def test_render_threshold_shows_the_live_dice():
@@ -38,11 +39,16 @@ def test_unet_learns_and_reloads(tmp_path):
     # 3-D clean-up chosen on validation: one score row per fraction, the chosen one the best
     chosen, rows = unet.choose_volume_cleanup(m, n, va, (0.0, 0.5, 1.0), "patient_dice")
     assert [r["volume_cleanup"] for r in rows] == [0.0, 0.5, 1.0]
-    assert chosen in rows
+    # by hand: each fraction's masks, their patient Dice, the first best fraction
+    gt, patients = np.asarray(va.masks), va.manifest.patient.to_numpy()
+    hand = [float(metrics.patient_dice(keep_volume_components(masks, va.manifest.case, va.manifest.slice, f), gt,
+                                       patients).mean()) for f in (0.0, 0.5, 1.0)]
+    assert [r["patient_dice"] for r in rows] == pytest.approx(hand)
+    assert chosen["volume_cleanup"] == (0.0, 0.5, 1.0)[int(np.argmax(hand))]  # argmax: the first of equals
     assert chosen["patient_dice"] == max(r["patient_dice"] for r in rows)
     assert rows.index(chosen) == [r["patient_dice"] for r in rows].index(chosen["patient_dice"])  # ties: the first
     assert rows[0]["mean_dice"] == pytest.approx(metrics.mean_dice(masks, np.asarray(va.masks)))
     kept = unet.predict_volumes(m, n, va, 1.0)
-    assert np.array_equal(kept, segment.keep_volume_components(masks, va.manifest.case, va.manifest.slice, 1.0))
+    assert np.array_equal(kept, keep_volume_components(masks, va.manifest.case, va.manifest.slice, 1.0))
     with pytest.raises(ValueError, match="select_by='dice'"):
         unet.choose_volume_cleanup(m, n, va, (0.0,), "dice")
