@@ -324,3 +324,47 @@ def claim_verdicts(summary: pd.DataFrame, heatmap: str, k: float, imputations: S
                      "shape only": "", "verdict": overall(found["primary"], orig),
                      "reason": f"primary re-trained test: {found['primary']}; original classifier: {orig}"})
     return rows
+
+
+def study_heatmaps(run_dir: str | Path, checkpoint: str | Path, images: Mapping[str, np.ndarray], methods: Sequence[str],
+                   layer: str, fuse: str = "mean", batch_size: int = 32, device=None, seed: int = 0,
+                   guided_radius: int = -1, loader: Callable | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """The heatmaps the study filters by: name -> split -> float32 N x H x W maps in [0, 1].
+
+    Per method its cached maps at ``layer`` and, for the blur check, the same maps refined by the guided
+    filter (``guided_radius`` px; -1: the radius notebook 05 chose on validation for this model, method
+    and layer, read from ``metrics/05_dice_table.csv``; 0: none), named ``'<method> + guided r=<radius>'``;
+    then the random control ``'random'``.
+    """
+    import torch
+
+    from . import cams, segment
+
+    run_dir = Path(run_dir)
+    arch = torch.load(checkpoint, map_location="cpu", weights_only=False)["arch"]
+
+    def cached(mth):
+        return {s: cams.cached_heatmaps(run_dir, checkpoint, images[s], s, mth, layer, fuse, batch_size, device,
+                                        seed=seed, loader=loader, progress=False) for s in SPLITS}
+
+    def as_maps(h):
+        return {s: np.asarray(v.heatmap, np.float32) for s, v in h.items()}
+
+    out = {}
+    for mth in methods:
+        h = cached(mth)
+        out[mth] = as_maps(h)
+        r = int(guided_radius)
+        if r < 0:
+            table = run_dir / "metrics" / "05_dice_table.csv"
+            if not table.exists():
+                raise FileNotFoundError(f"guided_radius=-1 reads the radius 05 chose from {table}, which does not exist: "
+                                        f"run notebook 05 first, or give guided_radius (0: no refined heatmaps)")
+            t = pd.read_csv(table)
+            row = t[(t.arch == arch) & (t.method == mth) & (t.layer == layer) & (t.refine == "guided")]
+            r = int(row.guided_radius.iloc[0]) if len(row) else 0
+        if r:
+            out[f"{mth} + guided r={r}"] = as_maps({s: segment.setting_heatmaps(v, {"guided_radius": r}, images[s], device)
+                                                   for s, v in h.items()})
+    out[RANDOM] = as_maps(cached("random"))
+    return out
