@@ -47,15 +47,23 @@ def test_smoke_run_writes_every_output(smoke_run):
         lo, hi = r["mean_dice_ci"]
         assert lo <= r["mean_dice"] + 1e-9 and r["mean_dice"] <= hi + 1e-9
     retrain = json.loads((run_dir / "metrics" / "06_filtered_retrain.json").read_text())
-    table = pd.DataFrame(retrain["tables"]["Filtered re-training (test split, mean over seeds)"])
-    assert set(table["heatmap"]) == {"layercam", "random"}
-    assert set(table["filter"]) == {"keep_hot", "keep_dark", "keep", "remove"}
-    assert (table["seeds"] == 3).all() and table["accuracy_mean"].between(0, 1).all()
+    res = pd.DataFrame(retrain["results"])
+    assert set(res["heatmap"]) == {"none", "layercam", "layercam + guided r=2", "random"}  # 05 chose r = 2
+    assert set(res["filter"]) == {"none", "keep_hot", "keep_dark", "keep", "remove"}
+    assert set(res.loc[res["filter"].isin(["keep", "remove"]), "imputation"]) == {"mean", "nli"}
+    assert (res["seeds"] == 2).all() and res["auc"].between(0, 1).all()
+    cams_ = res[res.heatmap.str.startswith("layercam")]
+    assert cams_["shape_auc"].between(0, 1).all()  # every filter of a CAM has its shape-only control
+    assert cams_.loc[cams_.imputation != "nli", "original_auc"].between(0, 1).all()
+    assert len(retrain["verdicts"]) == 4  # two claims x (the CAM, its refinement)
+    assert {v["verdict"] for v in retrain["verdicts"]} <= {"supported", "not supported", "inconclusive",
+                                                          "confounded by the heatmap's shape"}
     for f in ("01_samples.png", "02_roc.png", "03_methods_small_cnn_middle.png", "04_threshold_layercam.png",
               "05_dice_vs_threshold.png", "05_unet_vs_cam.png", "06_accuracy_vs_k.png"):
         assert (fig / f).stat().st_size > 1000, f
     md = (run_dir / "report.md").read_text()
     assert "Segmentation (test split)" in md and "Classifiers (test split)" in md
+    assert "Verdicts per claim and test" in md and "shape only" in md
     # heatmap caches were written completely
     assert not list((run_dir / "heatmaps").rglob(".*"))
 

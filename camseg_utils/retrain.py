@@ -1,0 +1,363 @@
+"""The filtered re-training test of the heatmaps (notebook 06), and the verdicts drawn from its numbers.
+
+The paper's test: filter every image by its heatmap, re-train the classifier's architecture from
+scratch on the filtered training split and score it on the filtered test split. Its two claims:
+classifiers rely mainly on the hot areas; the dark regions also carry class information.
+
+Our design decisions (not the paper's):
+- readings are test ROC AUC, mean and standard deviation over ``seeds`` re-trainings;
+- three inputs per (heatmap, filter, k, fill): ``image`` (the filtered images, re-trained),
+  ``shape`` (the filter's shape alone, no image content, re-trained: :func:`filtering.shape_images`)
+  and ``original`` (the original classifier on the filtered test images at its own size, no
+  re-training: it never saw a mask, so a mask's outline cannot inform it);
+- a heatmap comes from the classifier's tumour logit, so its shape already encodes the label:
+  a re-trained reading no higher than the shape-only one measures the shape, not what the kept
+  pixels hold (Rong et al. ICML 2022; Song et al., "On Pitfalls of RemOve-And-Retrain"). A mask
+  and its complement hold the same information, so one shape-only training per heatmap (the weight
+  map) serves keep-hot and keep-dark, and one per k (the top-k mask) serves keep and remove;
+- filters for re-training act at the re-training size (images and heatmaps resized first,
+  antialiased bilinear), so masks and fills are exactly what the re-trained classifier sees; the
+  original classifier reads the soft filters and the mean fill at full size (imputing at full size
+  costs a sparse solve of up to 0.9 x H x W unknowns per slice: far too slow for every condition);
+- the random control (``random``) gets no shape-only run: its maps are drawn from a seed and the
+  slice's index, never from the image, so their shape cannot carry the label.
+
+Verdicts (:func:`judge`, :func:`claim_verdicts`): two readings differ when their means are more than
+``Z`` x the larger standard deviation apart (at least ``Z`` x ``MIN_SD``, also the margin of the
+seedless original-classifier readings); a reading whose seeds spread more than ``MAX_SD`` is
+inconclusive. A test is *supported* when its reading beats its baseline (the random control for
+claim 1, chance for claim 2) and the shape-only control, *confounded by the heatmap's shape* when it
+beats the baseline but not the shape, *not supported* when it does not beat the baseline. A claim's
+verdict is its primary test's (the hard filter at the smallest k with the fill that hides the outline
+best), except that a primary 'not supported' against an original classifier that supports the claim
+is 'inconclusive' (the two tests disagree), and 'supported' stays so when the original classifier
+disagrees (filtered images are outside what it was trained on: the reason to re-train at all).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from . import cams, classification, data, filtering, selection, train
+from .device import resolve_device
+from .io import load_torch
+
+SUPPORTED, NOT_SUPPORTED = "supported", "not supported"
+CONFOUNDED, INCONCLUSIVE = "confounded by the heatmap's shape", "inconclusive"
+VERDICTS = (SUPPORTED, NOT_SUPPORTED, CONFOUNDED, INCONCLUSIVE)
+CLAIMS = {"hot": "classifiers rely mainly on the hot areas",
+          "dark": "the dark regions also carry class information"}
+CHANCE = 0.5
+Z, MIN_SD, MAX_SD = 2.0, 0.01, 0.1
+SPLITS = ("train", "val", "test")
+RANDOM = "random"
+NO_HEATMAP = "none"  # the unfiltered reference rows
+SHAPE_SOFT, SHAPE_HARD = "weight_map", "mask"
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def resize_images(images: np.ndarray, size: int | None) -> np.ndarray:
+    """uint8 N x H x W x 3 at ``size`` x ``size`` (antialiased bilinear); unchanged when size is None or equal."""
+    images = np.asarray(images)
+    if not size or size == images.shape[1]:
+        return images
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+def resize_maps(maps: np.ndarray, size: int | None) -> np.ndarray:
+    """float32 N x H x W heatmaps in [0, 1] at ``size`` x ``size`` (antialiased bilinear)."""
+    maps = np.asarray(maps, np.float32)
+    if not size or size == maps.shape[1]:
+        return maps
+    x = F.interpolate(torch.from_numpy(np.ascontiguousarray(maps))[:, None], size=(size, size), mode="bilinear",
+                      antialias=True, align_corners=False)
+    return x[:, 0].clamp(0, 1).numpy()
+
+
+def _content_key(*arrays: np.ndarray) -> str:
+    """What a re-trained checkpoint was trained on: its images and labels, not only its folder's name."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:20]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+# ------------------------------------------------------------------ experiment
+
+
+def retrain_and_score(images: Mapping[str, np.ndarray], manifests: Mapping[str, pd.DataFrame], out_dir: str | Path,
+                      seed: int, arch: str, epochs: int, batch_size: int, device: str) -> dict:
+    """Re-train ``arch`` from scratch on ``images['train']`` (model selection on 'val'); test accuracy and AUC.
+
+    A finished checkpoint in ``out_dir`` trained on the same images, labels and settings is reused.
+    """
+
+    ds = {s: data.Dataset(images[s], np.zeros(images[s].shape[:3], bool), manifests[s]) for s in SPLITS}
+    key = _content_key(images["train"], images["val"], manifests["train"].tumour.to_numpy(),
+                       manifests["val"].tumour.to_numpy())
+    cfg = train.TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, seed=seed, device=device)
+    train.train_classifier(ds["train"], ds["val"], cfg, out_dir, split_hash=key, progress=False)
+    model, norm, _ = train.load_classifier(Path(out_dir) / "best.pt", device=resolve_device(device))
+    m = classification.classification_metrics(manifests["test"].tumour.to_numpy(), train.predict(model, norm, images["test"]))
+    return {"accuracy": m["accuracy"], "auc": m["auc"]}
+
+
+def run_experiment(
+    images: Mapping[str, np.ndarray], manifests: Mapping[str, pd.DataFrame],
+    heatmaps: Mapping[str, Mapping[str, np.ndarray]], original: tuple, fill: np.ndarray, ks: Sequence[float],
+    out_dir: str | Path, imputations: Sequence[str] = filtering.IMPUTATIONS, seeds: Sequence[int] = (0, 1, 2),
+    arch: str = "small_cnn", size: int | None = None, epochs: int = 3, batch_size: int = 32, device: str = "cpu",
+    noise: float = filtering.NLI_NOISE, ks_for: Mapping[str, Sequence[float]] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> pd.DataFrame:
+    """Every re-training of the study; one row per (heatmap, input, filter, k, imputation, seed).
+
+    ``images`` / ``manifests``: per split (train, val, test), full-size uint8 images and their manifests
+    (``tumour`` is the label). ``heatmaps``: name -> split -> N x H x W maps in [0, 1]; the name
+    ``random`` is the random control and is required. ``original``: (model, norm) of the classifier
+    the heatmaps came from. ``fill``: the training split's per-channel mean (0..255). ``ks_for``
+    overrides ``ks`` for some heatmaps. Rows of input 'original' have no seed; the heatmap
+    'none' rows are the unfiltered references (re-trained at ``size``, and the original classifier).
+    """
+
+    if RANDOM not in heatmaps:
+        raise ValueError(f"heatmaps {sorted(heatmaps)}: the random control {RANDOM!r} is required")
+    missing = [s for s in SPLITS if s not in images or s not in manifests]
+    if missing:
+        raise ValueError(f"images and manifests need the splits {SPLITS}; missing {missing}")
+    if len(seeds) < 2:
+        raise ValueError(f"seeds={list(seeds)}: at least two, so every reading has a spread")
+    model, norm = original
+    y_test = manifests["test"].tumour.to_numpy()
+    small = {s: resize_images(images[s], size) for s in SPLITS}
+    out_dir, rows = Path(out_dir), []
+
+    def retrain(name: str, inp: str, kind: str, k: float, imp: str, x: Mapping[str, np.ndarray]) -> None:
+        aucs = []
+        for sd in seeds:
+            folder = out_dir / _slug(f"{name}__{inp}__{kind}_{k:g}_{imp}__seed{sd}")
+            m = retrain_and_score(x, manifests, folder, sd, arch, epochs, batch_size, device)
+            rows.append({"heatmap": name, "input": inp, "filter": kind, "k": float(k), "imputation": imp, "seed": sd, **m})
+            aucs.append(m["auc"])
+        if log:
+            log(f"{name:>24s} {inp:5s} {kind:10s} k={k:>3g} {imp:4s}: re-trained AUC {np.mean(aucs):.3f} ± {np.std(aucs, ddof=1):.3f}")
+
+    def read_original(name: str, kind: str, k: float, imp: str, x: np.ndarray) -> None:
+        m = classification.classification_metrics(y_test, train.predict(model, norm, x))
+        rows.append({"heatmap": name, "input": "original", "filter": kind, "k": float(k), "imputation": imp,
+                     "seed": None, "accuracy": m["accuracy"], "auc": m["auc"]})
+
+    retrain(NO_HEATMAP, "image", "none", 0.0, "-", small)
+    read_original(NO_HEATMAP, "none", 0.0, "-", np.asarray(images["test"]))
+    for name, maps in heatmaps.items():
+        ks_h = list((ks_for or {}).get(name, ks))
+        small_maps = {s: resize_maps(maps[s], size) for s in SPLITS}
+        for kind, k, imp in filtering.conditions(ks_h, imputations):
+            x = {s: filtering.filter_images(small[s], small_maps[s], kind, k, fill, imp if imp != "-" else "mean",
+                                            noise, seed=i) for i, s in enumerate(SPLITS)}
+            retrain(name, "image", kind, k, imp, x)
+            if imp in ("-", "mean"):
+                read_original(name, kind, k, imp, filtering.filter_images(images["test"], maps["test"], kind, k, fill))
+        if name == RANDOM:
+            continue
+        for kind, k in [(SHAPE_SOFT, 0.0)] + [(SHAPE_HARD, float(k)) for k in ks_h]:
+            x = {s: filtering.shape_images(small_maps[s], "keep_hot" if kind == SHAPE_SOFT else "keep", k) for s in SPLITS}
+            retrain(name, "shape", kind, k, "-", x)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ tables
+
+
+def shape_of(kind: str, k: float) -> tuple[str, float]:
+    """The shape-only condition that controls a filter: the weight map (soft) or the top-k mask (hard)."""
+    if kind in filtering.SOFT:
+        return SHAPE_SOFT, 0.0
+    if kind in filtering.HARD:
+        return SHAPE_HARD, float(k)
+    raise ValueError(f"filter {kind!r} has no shape-only control; filters are {filtering.SOFT + filtering.HARD}")
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (heatmap, filter, k, imputation) of the filtered images: the re-trained reading (mean, sd over
+    seeds), its shape-only control, their difference (what the image content adds beyond the shape; sd from both
+    spreads) and the original classifier's reading."""
+    keys = ["heatmap", "filter", "k", "imputation"]
+    need = set(keys) | {"input", "seed", "auc", "accuracy"}
+    if not need <= set(runs.columns):
+        raise ValueError(f"runs lack the columns {sorted(need - set(runs.columns))}")
+    g = runs[runs.input != "original"].groupby(["input"] + keys)
+    stats = g.agg(auc=("auc", "mean"), auc_sd=("auc", "std"), accuracy=("accuracy", "mean"), seeds=("seed", "nunique"))
+    orig = runs[runs.input == "original"].set_index(keys)["auc"]
+    out = []
+    for (inp, *key), r in stats.iterrows():
+        if inp != "image":
+            continue
+        row = dict(zip(keys, key), auc=r.auc, auc_sd=r.auc_sd, accuracy=r.accuracy, seeds=int(r.seeds))
+        sh = (key[0],) + shape_of(key[1], key[2]) + ("-",) if key[1] != "none" else None
+        if sh is not None and ("shape",) + sh in stats.index:
+            s = stats.loc[("shape",) + sh]
+            row.update(shape_auc=s.auc, shape_auc_sd=s.auc_sd, image_minus_shape=r.auc - s.auc,
+                       image_minus_shape_sd=math.hypot(r.auc_sd, s.auc_sd))
+        else:
+            row.update(shape_auc=math.nan, shape_auc_sd=math.nan, image_minus_shape=math.nan,
+                       image_minus_shape_sd=math.nan)
+        row["original_auc"] = float(orig.get(tuple(key), math.nan))
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def pm(mean: float, sd: float | None = None) -> str:
+    """'0.912 ± 0.010' ('n/a' for a missing reading, no ± for a seedless one)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    return f"{mean:.3f}" if sd is None or math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
+
+
+def display_table(summary: pd.DataFrame) -> list[dict]:
+    """The summary as report rows, readings written as mean ± sd."""
+    return [{"heatmap": r.heatmap, "filter": r.filter, "k": r.k, "fill": r.imputation,
+             "re-trained on images": pm(r.auc, r.auc_sd), "shape only": pm(r.shape_auc, r.shape_auc_sd),
+             "images - shape": pm(r.image_minus_shape, r.image_minus_shape_sd),
+             "original classifier": pm(r.original_auc)} for r in summary.itertuples()]
+
+
+# ------------------------------------------------------------------ verdicts
+
+
+def compare(a: tuple[float, float], b: tuple[float, float], z: float = Z, min_sd: float = MIN_SD) -> int:
+    """+1 when reading a = (mean, sd) beats b by more than z x the larger sd (at least z x min_sd), -1 when b beats
+    a so, 0 when they are within that margin. A missing sd (a seedless reading) counts as min_sd."""
+    sds = [s for s in (a[1], b[1]) if s is not None and not math.isnan(s)]
+    margin = z * max(sds + [min_sd])
+    d = a[0] - b[0]
+    return 1 if d > margin else -1 if d < -margin else 0
+
+
+def judge(reading: tuple[float, float], baseline: tuple[float, float], shape: tuple[float, float] | None = None,
+          z: float = Z, min_sd: float = MIN_SD, max_sd: float = MAX_SD) -> tuple[str, str]:
+    """(verdict, reason) of one test: ``reading`` against its ``baseline`` and, when given, its shape-only control."""
+    parts = [("reading", reading), ("baseline", baseline)] + ([("shape-only", shape)] if shape is not None else [])
+    for what, (m, _) in parts:
+        if m is None or math.isnan(m):
+            return INCONCLUSIVE, f"the {what} reading is missing"
+    wide = [f"{what} sd {s:.3f}" for what, (_, s) in parts if s is not None and not math.isnan(s) and s > max_sd]
+    if wide:
+        return INCONCLUSIVE, f"seeds disagree ({', '.join(wide)} > {max_sd})"
+    if compare(reading, baseline, z, min_sd) <= 0:
+        return NOT_SUPPORTED, f"{pm(*reading)} does not beat the baseline {pm(*baseline)}"
+    if shape is not None and compare(reading, shape, z, min_sd) <= 0:
+        return CONFOUNDED, (f"{pm(*reading)} beats the baseline {pm(*baseline)} but not the shape alone "
+                            f"{pm(*shape)}")
+    return SUPPORTED, f"{pm(*reading)} beats the baseline {pm(*baseline)}" + (
+        f" and the shape alone {pm(*shape)}" if shape is not None else "")
+
+
+def overall(primary: str, original: str) -> str:
+    """A claim's verdict from its primary re-trained test and the original classifier's test (module docstring)."""
+    if primary not in VERDICTS or original not in VERDICTS:
+        raise ValueError(f"verdicts {primary!r}, {original!r}: expected among {VERDICTS}")
+    if primary == NOT_SUPPORTED and original == SUPPORTED:
+        return INCONCLUSIVE
+    return primary
+
+
+def claim_verdicts(summary: pd.DataFrame, heatmap: str, k: float, imputations: Sequence[str] = filtering.IMPUTATIONS,
+                   z: float = Z, min_sd: float = MIN_SD, max_sd: float = MAX_SD) -> list[dict]:
+    """The tests of both claims for one heatmap at one k (re-trained per fill, soft, original classifier), each
+    with its verdict, then one 'overall' row per claim. ``summary``: :func:`summarise`'s table, with the
+    random control's rows."""
+    idx = summary.set_index(["heatmap", "filter", "k", "imputation"])
+
+    def get(name, kind, kk, imp, col):
+        key = (name, kind, float(kk), imp)
+        if key not in idx.index:
+            return math.nan, math.nan
+        r = idx.loc[key]
+        return (float(r[col]), math.nan) if col == "original_auc" else (float(r[col]), float(r[col + "_sd"]))
+
+    chance = (CHANCE, 0.0)
+    primary_fill = "nli" if "nli" in imputations else imputations[0]
+    rows = []
+    for claim, hard, soft in (("hot", "keep", "keep_hot"), ("dark", "remove", "keep_dark")):
+        tests = []
+        for imp in imputations:
+            base = get(RANDOM, hard, k, imp, "auc") if claim == "hot" else chance
+            tests.append((f"re-trained, {hard} hottest {k:g} %, {imp} fill", get(heatmap, hard, k, imp, "auc"), base,
+                          get(heatmap, hard, k, imp, "shape_auc"), imp == primary_fill))
+        tests.append((f"re-trained, soft {soft}", get(heatmap, soft, 0, "-", "auc"),
+                      get(RANDOM, soft, 0, "-", "auc") if claim == "hot" else chance,
+                      get(heatmap, soft, 0, "-", "shape_auc"), False))
+        tests.append((f"original classifier, {hard} hottest {k:g} %, mean fill",
+                      get(heatmap, hard, k, "mean", "original_auc"),
+                      get(RANDOM, hard, k, "mean", "original_auc") if claim == "hot" else chance, None, False))
+        found = {}
+        for test, reading, base, shape, primary in tests:
+            verdict, reason = judge(reading, base, shape, z, min_sd, max_sd)
+            found["primary" if primary else test] = verdict
+            rows.append({"claim": CLAIMS[claim], "heatmap": heatmap, "test": test + (" (primary)" if primary else ""),
+                         "reading": pm(*reading), "baseline": ("random " if claim == "hot" else "chance ") + pm(*base),
+                         "shape only": pm(*shape) if shape else "-", "verdict": verdict, "reason": reason})
+        orig = found[tests[-1][0]]
+        rows.append({"claim": CLAIMS[claim], "heatmap": heatmap, "test": "overall", "reading": "", "baseline": "",
+                     "shape only": "", "verdict": overall(found["primary"], orig),
+                     "reason": f"primary re-trained test: {found['primary']}; original classifier: {orig}"})
+    return rows
+
+
+def study_heatmaps(run_dir: str | Path, checkpoint: str | Path, images: Mapping[str, np.ndarray], methods: Sequence[str],
+                   layer: str, fuse: str = "mean", batch_size: int = 32, device=None, seed: int = 0,
+                   guided_radius: int = -1, loader: Callable | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """The heatmaps the study filters by: name -> split -> float32 N x H x W maps in [0, 1].
+
+    Per method its cached maps at ``layer`` and, for the blur check, the same maps refined by the guided
+    filter (``guided_radius`` px; -1: the radius notebook 05 chose on validation for this model, method
+    and layer, read from ``metrics/05_dice_table.csv``; 0: none), named ``'<method> + guided r=<radius>'``;
+    then the random control ``'random'``.
+    """
+
+    run_dir = Path(run_dir)
+    arch = load_torch(checkpoint, "classifier checkpoint")["arch"]
+
+    def cached(mth):
+        return {s: cams.cached_heatmaps(run_dir, checkpoint, images[s], s, mth, layer, fuse, batch_size, device,
+                                        seed=seed, loader=loader, progress=False) for s in SPLITS}
+
+    def as_maps(h):
+        return {s: np.asarray(v.heatmap, np.float32) for s, v in h.items()}
+
+    out = {}
+    for mth in methods:
+        h = cached(mth)
+        out[mth] = as_maps(h)
+        r = int(guided_radius)
+        if r < 0:
+            table = run_dir / "metrics" / "05_dice_table.csv"
+            if not table.exists():
+                raise FileNotFoundError(f"guided_radius=-1 reads the radius 05 chose from {table}, which does not exist: "
+                                        f"run notebook 05 first, or give guided_radius (0: no refined heatmaps)")
+            t = pd.read_csv(table)
+            row = t[(t.arch == arch) & (t.method == mth) & (t.layer == layer) & (t.refine == "guided")]
+            r = int(row.guided_radius.iloc[0]) if len(row) else 0
+        if r:
+            out[f"{mth} + guided r={r}"] = as_maps({s: selection.setting_heatmaps(v, {"guided_radius": r}, images[s], device)
+                                                   for s, v in h.items()})
+    out[RANDOM] = as_maps(cached("random"))
+    return out
