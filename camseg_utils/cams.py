@@ -102,50 +102,56 @@ def _resize(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def _cam_from(method: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """The weighted activation map (before ReLU) of one gradient method; a, g: N x C x h x w."""
     if method == "gradcam":
-        return (g.mean((2, 3), keepdim=True) * a).sum(1)
+        return torch.einsum("nc,nchw->nhw", g.mean((2, 3)), a)  # channel weights: one batched matmul
     if method == "hirescam":
         return (g * a).sum(1)
     if method == "layercam":
         return (g.clamp_min(0) * a).sum(1)
     sum_a = a.sum((2, 3), keepdim=True)
     if method == "xgradcam":
-        return ((g * a / (sum_a + 1e-7)).sum((2, 3), keepdim=True) * a).sum(1)
+        return torch.einsum("nc,nchw->nhw", (g * a / (sum_a + 1e-7)).sum((2, 3)), a)
     if method == "gradcam++":
         g2 = g * g
         aij = g2 / (2 * g2 + sum_a * g2 * g + 1e-6)
         aij = torch.where(g != 0, aij, torch.zeros_like(aij))
-        return ((g.clamp_min(0) * aij).sum((2, 3), keepdim=True) * a).sum(1)
+        return torch.einsum("nc,nchw->nhw", (g.clamp_min(0) * aij).sum((2, 3)), a)
     raise CamError(f"{method!r} is not a gradient method; gradient methods: {', '.join(FAST_METHODS)}")
 
 
 def principal_directions(m: torch.Tensor) -> torch.Tensor:
     """First right singular vector of each N x P x C matrix, oriented as pytorch-grad-cam's EigenCAM orients it.
 
-    The library takes ``VT[0]`` of numpy's full SVD (LAPACK ``sgesdd``) of each image's centred
-    P x C activations. A singular vector's sign is arbitrary; the library's is whatever
-    ``sgesdd`` returns, a deterministic function of the matrix that no closed-form rule
-    (largest entry positive, positive sum, ...) reproduces. Where P >= 11/6 C, ``sgesdd``
-    first reduces the matrix to the C x C triangular factor R of its Householder QR and
-    takes the singular vectors of R; where C >= 11/6 P, it reduces to the P x P factor L of
-    its LQ and maps back through Q. Both factors have a sign convention fixed by LAPACK (the
-    same in every implementation), so this function computes them batched on the device
-    (``torch.linalg.qr``), then runs numpy's ``sgesdd`` on the small square factor only: the
-    same routine on the same reduced matrix gives the library's orientation, at the cost
-    of a C x C SVD instead of the full one with its P x P matrix U. In between
-    (neither dimension 11/6 of the other) numpy's thin SVD of the whole matrix is used,
-    which takes the same route to ``VT`` as the full one. Equality with the library holds
-    up to float32 rounding where the first two singular values are apart; numpy built on
-    another LAPACK (e.g. MKL) may orient some maps otherwise, as the library would then too.
+    The library takes ``VT[0]`` of numpy's full SVD of each image's centred P x C activations
+    (LAPACK ``dgesdd``: numpy computes float32 input in float64). A singular vector's sign is
+    arbitrary; the library's is whatever ``dgesdd`` returns, a deterministic function of the
+    matrix that no closed-form rule (largest entry positive, positive sum, ...) reproduces.
+    Where P >= 11/6 C, ``dgesdd`` first reduces the matrix to the C x C triangular factor R of
+    its Householder QR and takes the singular vectors of R; where C >= 11/6 P, it reduces to
+    the P x P factor L of its LQ and maps back through Q. Householder factors have a sign
+    convention fixed by LAPACK (the same in every implementation), so this function computes
+    them batched on the device in float64 (``torch.linalg.qr``), then runs numpy's ``dgesdd``
+    on the small square factor only: the same routine on the same reduced matrix gives the
+    library's orientation, at the cost of a C x C SVD instead of the full one with its P x P
+    matrix U. In between (neither dimension 11/6 of the other) numpy's thin SVD of the whole
+    matrix is used, which takes the same route to ``VT`` as the full one.
+
+    What equality holds: the direction up to float rounding wherever the first two singular
+    values are apart, and the library's sign on every matrix tested (random matrices with
+    dead channels in tests/test_cams.py, and a trained small CNN's activations on LGG
+    slices); float32 factors are not enough (a dead channel's exact zeros then flip some
+    signs). A numpy built on another LAPACK (e.g. MKL) may orient some maps otherwise, and
+    so would the library there.
     """
     n, p, c = m.shape
-    mnthr = int(min(p, c) * 11.0 / 6.0)  # sgesdd's switch to a QR / LQ first
+    mnthr = int(min(p, c) * 11.0 / 6.0)  # dgesdd's switch to a QR / LQ first
+    m64 = m.double()
     if p >= c and p >= mnthr:
-        r = torch.linalg.qr(m, mode="r").R.float().cpu().numpy()
+        r = torch.linalg.qr(m64, mode="r").R.cpu().numpy()
         v = np.linalg.svd(r)[2][:, 0]
     elif c > p and c >= mnthr:
-        q, r = torch.linalg.qr(m.transpose(1, 2), mode="reduced")  # M^T = Q R, so M = R^T Q^T (LQ)
-        vl = np.linalg.svd(r.transpose(1, 2).float().cpu().numpy())[2][:, 0]
-        return (q @ torch.from_numpy(vl).to(q)[..., None])[..., 0]
+        q, r = torch.linalg.qr(m64.transpose(1, 2), mode="reduced")  # M^T = Q R, so M = R^T Q^T (LQ)
+        vl = np.linalg.svd(r.transpose(1, 2).cpu().numpy())[2][:, 0]
+        return (q @ torch.from_numpy(vl).to(q)[..., None])[..., 0].to(m.dtype)
     else:
         v = np.linalg.svd(m.float().cpu().numpy(), full_matrices=False)[2][:, 0]
     return torch.from_numpy(np.ascontiguousarray(v)).to(m)
@@ -175,13 +181,17 @@ def score_weights(
         up = F.interpolate(a.float(), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=True)
         lo, hi = up.amin((2, 3), keepdim=True), up.amax((2, 3), keepdim=True)
         up = (up - lo) / (hi - lo + 1e-8)
-        scores = torch.empty(n * c, device=x.device)
-        for i in range(0, n * c, batch_size):
-            k = torch.arange(i, min(i + batch_size, n * c), device=x.device)
+        # a channel constant over the image scales to an all-zero mask, so its masked image is
+        # all zeros whatever the image: scored once, not once per such channel
+        live = (hi - lo).flatten() > 0
+        scores = model(torch.zeros_like(x[:1]))[0, target].float().expand(n * c).clone()
+        todo = torch.nonzero(live)[:, 0]
+        for i in range(0, len(todo), batch_size):
+            k = todo[i:i + batch_size]
             masked = x[k // c] * up[k // c, k % c][:, None]
             if x.is_contiguous(memory_format=torch.channels_last):
                 masked = masked.contiguous(memory_format=torch.channels_last)
-            scores[i:i + len(k)] = model(masked)[:, target].float()
+            scores[k] = model(masked)[:, target].float()
         return torch.softmax(scores.view(n, c), -1)
 
 
@@ -246,19 +256,20 @@ def many_cams(
     grads = dict(zip(used, (None if g is None else g.float() for g in grads)))
     size = tuple(x.shape[-2:])
 
-    def scaled(cam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(raw map, min-max scaled map) at the image's size, from one layer's map before ReLU."""
+    def scaled(cam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(raw map at the image's size, the map's min and range at its own size) from one layer's map before ReLU.
+
+        The library's per-layer map is resize(minmax(cam)); bilinear weights sum to one, so
+        resizing commutes with the per-image affine map of min-max, and that map is
+        (raw - min) / (1e-7 + range) without a second full-size resize.
+        """
         cam = cam.clamp_min(0)
-        raw = _resize(cam, size)
-        # resize(minmax(cam)) without a second full-size resize: bilinear weights sum to one, so
-        # resizing commutes with the per-image affine map of min-max
-        flat = cam.flatten(-2)
-        lo = flat.min(-1).values[:, None, None]
-        return raw, (raw - lo) / (1e-7 + (flat.max(-1).values[:, None, None] - lo))
+        lo, hi = torch.aminmax(cam.flatten(-2), dim=-1)
+        return _resize(cam, size), lo[:, None, None], (hi - lo)[:, None, None]
 
-    per_layer: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+    per_layer: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def layer_map(method: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def layer_map(method: str, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if (method, name) not in per_layer:
             a = acts[name]
             if method in FAST_METHODS:
@@ -283,12 +294,21 @@ def many_cams(
                 maps.append(scaled((w[:, :, None, None] * a).sum(1)))
         else:
             maps = [layer_map(method, name) for name in names]
-        raws = [r for r, _ in maps]
+        if len(maps) == 1 and fuse == "mean":
+            # minmax(resize(minmax(cam))) in closed form: with rmin, rmax the full-size map's
+            # extremes it is (raw - rmin) / (rmax - rmin + 1e-7 (1e-7 + range)), one pass
+            raw, _, rng_ = maps[0]
+            rmin, rmax = torch.aminmax(raw.flatten(-2), dim=-1)
+            rmin, rmax = rmin[:, None, None], rmax[:, None, None]
+            out[req] = ((raw - rmin) / (rmax - rmin + 1e-7 * (1e-7 + rng_)), raw)
+            continue
+        scaled_maps = [(r - lo) / (1e-7 + rng_) for r, lo, rng_ in maps]
+        raws = [r for r, _, _ in maps]
         if fuse == "max":
-            heat = torch.stack([minmax(s) for _, s in maps]).amax(0)
+            heat = torch.stack([minmax(m) for m in scaled_maps]).amax(0)
             raw = torch.stack(raws).amax(0)
         else:
-            heat = torch.stack([s for _, s in maps]).clamp_min(0).mean(0)
+            heat = torch.stack(scaled_maps).clamp_min(0).mean(0)
             raw = torch.stack(raws).mean(0)
         out[req] = (minmax(heat), raw)
     return out, logits
