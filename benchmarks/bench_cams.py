@@ -1,9 +1,34 @@
-"""Heatmap throughput: pytorch-grad-cam vs camseg's fast path vs the floor, per architecture.
+"""Heatmap throughput: camseg against its peers (torchcam, pytorch-grad-cam) and against the floor.
 
-The floor is one forward pass plus a backward pass to the target layer, nothing else: no
-heatmap can be computed faster with these methods. Target: fast path >= 0.8x floor.
+The floor is one forward pass plus one backward pass to the target layers, nothing else: no
+gradient heatmap can be computed with less. Every figure is images per second, the median of
+``--repeats`` timings; the contenders of one case are timed in turn within each repetition
+(interleaved), so a slow spell on a shared machine hits every contender alike.
 
-    python benchmarks/bench_cams.py [--archs small_cnn resnet18 ...] [--size 256] [--batch 16] [--device auto]
+``--study`` times what a study of the heatmaps asks for: the 5 gradient methods (GradCAM,
+GradCAM++, HiResCAM, XGradCAM, LayerCAM) at 3 layers (early, middle, last), one heatmap at
+the image's size per (method, layer):
+
+- camseg: all 15 maps from one forward and one backward pass (``cams.many_cams``), each with
+  its raw map;
+- torchcam: one extractor call per method and layer (a forward and a backward pass each),
+  tensors kept on the device, each map resized to the image (bilinear) as camseg's are.
+  torchcam has no HiResCAM: its GradCAM call stands in for it (the same passes and cost);
+- pytorch-grad-cam: one call per method and layer, as its API gives them;
+- floor: one forward pass and one backward pass to the 3 layers.
+
+It also times one method at one layer (GradCAM at ``--layer``: camseg against torchcam), and
+EigenCAM and ScoreCAM against pytorch-grad-cam at the small CNN's early block (their own,
+smaller batch ``--slow-batch``: the library's EigenCAM takes seconds per image there).
+
+    python benchmarks/bench_cams.py --study [--archs small_cnn resnet18] [--size 128] [--batch 16] [--device cpu]
+
+On a CUDA machine (the study at 256 x 256, batch 64):
+
+    python benchmarks/bench_cams.py --study --size 256 --batch 64 --slow-batch 16 --device cuda
+
+Without ``--study``: per method, camseg's single-method path against pytorch-grad-cam and the
+floor at one layer (``--methods``, ``--layer``).
 """
 
 import argparse
@@ -11,22 +36,28 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from camseg_utils import cams, models, train
 from camseg_utils.device import device_name, resolve_device
 
 ap = argparse.ArgumentParser()
+ap.add_argument("--study", action="store_true", help="5 gradient methods x 3 layers against torchcam and the floor")
 ap.add_argument("--archs", nargs="+", default=["small_cnn", "resnet18"])
-ap.add_argument("--methods", nargs="+", default=["gradcam"])
-ap.add_argument("--layer", default="last")
+ap.add_argument("--methods", nargs="+", default=["gradcam"], help="without --study: methods to time")
+ap.add_argument("--layer", default="last", help="the single-method layer")
 ap.add_argument("--size", type=int, default=128)
 ap.add_argument("--batch", type=int, default=16)
-ap.add_argument("--batches", type=int, default=3, help="timed batches per measurement")
+ap.add_argument("--slow-batch", type=int, default=4, help="batch of the EigenCAM / ScoreCAM comparison")
+ap.add_argument("--repeats", type=int, default=3, help="interleaved repetitions per case (median)")
+ap.add_argument("--batches", type=int, default=1, help="calls per timing")
 ap.add_argument("--device", default="auto")
 args = ap.parse_args()
 device = resolve_device(args.device)
-name = device_name(device)
-print(f"device: {name}; size {args.size}, batch {args.batch}, layer {args.layer}")
+print(f"device: {device_name(device)}; size {args.size}, batch {args.batch}, torch {torch.__version__}",
+      flush=True)
+TUMOUR = cams.TUMOUR
+STUDY_LAYERS = ("early", "middle", "last")
 
 
 def sync():
@@ -34,37 +65,124 @@ def sync():
         torch.cuda.synchronize()
 
 
-def rate(fn, x, repeats=3):
-    """Median img/s over ``repeats`` timings of ``args.batches`` batches, after three warm-up calls."""
-    for _ in range(3):
-        fn(x)
-    rates = []
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        for _ in range(args.batches):
+def race(contenders: dict, x: torch.Tensor, repeats: int | None = None, warmup: int = 1) -> dict:
+    """Median images per second of each contender, timed in turn within each repetition."""
+    for fn in contenders.values():
+        for _ in range(warmup):
             fn(x)
-        sync()
-        rates.append(args.batches * len(x) / (time.perf_counter() - t))
-    return float(np.median(rates))
+    sync()
+    times = {k: [] for k in contenders}
+    for _ in range(repeats or args.repeats):
+        for k, fn in contenders.items():
+            sync()
+            t = time.perf_counter()
+            for _ in range(args.batches):
+                fn(x)
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return {k: args.batches * len(x) / float(np.median(v)) for k, v in times.items()}
 
 
-rows = []
-for arch in args.archs:
+def setup(arch: str):
     torch.manual_seed(0)
-    # channels-last, as compute_heatmaps runs it; floor, fast path and library share the layout
+    # channels-last, as compute_heatmaps runs it; every contender gets the same model
     model = models.build_model(arch).to(device).eval().to(memory_format=torch.channels_last)
     norm = train.Normalise([0.5] * 3, [0.25] * 3).to(device)
-    net = cams._Classifier(model, norm).eval()
+    return model, cams._Classifier(model, norm).eval()
+
+
+def images(batch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(batch, 3, args.size, args.size, generator=g).to(device).contiguous(
+        memory_format=torch.channels_last)
+
+
+def library(method: str, layer_modules: list, net):
+    """pytorch-grad-cam, one call per layer (its maps come back as numpy arrays)."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cls = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "hirescam": pgc.HiResCAM,
+           "xgradcam": pgc.XGradCAM, "layercam": pgc.LayerCAM, "eigencam": pgc.EigenCAM,
+           "scorecam": pgc.ScoreCAM}[method]
+
+    def run(x):
+        out = []
+        for layer in layer_modules:
+            with cls(model=net, target_layers=[layer]) as cam:
+                out.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(TUMOUR)] * len(x)))
+        return out
+
+    return run
+
+
+def torchcam(methods: list[str], layer_modules: list, net):
+    """torchcam, one extractor call per (method, layer), maps resized to the image on the device."""
+    from torchcam import methods as tc
+
+    cls = {"gradcam": tc.GradCAM, "gradcam++": tc.GradCAMpp, "hirescam": tc.GradCAM,  # no HiResCAM in torchcam
+           "xgradcam": tc.XGradCAM, "layercam": tc.LayerCAM}
+
+    def run(x):
+        out = []
+        for method in methods:
+            for layer in layer_modules:
+                with cls[method](net, target_layer=layer) as extractor:
+                    scores = net(x)
+                    cam = extractor(class_idx=TUMOUR, scores=scores)[0]
+                out.append(F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False))
+        return out
+
+    return run
+
+
+def camseg(methods: list[str], names: list[str], modules: dict, net, fuse: str = "mean"):
+    requests = [(m, (n,), fuse) for m in methods for n in names]
+    return lambda x: cams.many_cams(net, modules, x, requests)
+
+
+for arch in args.archs:
+    model, net = setup(arch)
+    x = images(args.batch)
+    if args.study:
+        names = [models.resolve_layer(arch, n) for n in STUDY_LAYERS]
+        modules = {n: models.get_layer(model, arch, n) for n in names}
+        mods = list(modules.values())
+        gm = list(cams.FAST_METHODS)
+        r = race({"camseg": camseg(gm, names, modules, net), "torchcam": torchcam(gm, mods, net),
+                  "library": lambda v: [library(m, mods, net)(v) for m in gm],
+                  "floor": lambda v: cams.activations_and_gradients(net, mods, v)}, x)
+        print(f"{arch:9s} study 5 methods x 3 layers ({', '.join(names)}): camseg {r['camseg']:7.1f} img/s | "
+              f"torchcam {r['torchcam']:7.1f} | pytorch-grad-cam {r['library']:7.1f} | floor {r['floor']:7.1f} | "
+              f"study ratio camseg/torchcam = {r['camseg'] / r['torchcam']:.2f}, "
+              f"camseg/floor = {r['camseg'] / r['floor']:.2f}", flush=True)
+        name = models.resolve_layer(arch, args.layer)
+        one = {name: models.get_layer(model, arch, args.layer)}
+        r = race({"camseg": camseg(["gradcam"], [name], one, net), "torchcam": torchcam(["gradcam"], list(one.values()), net),
+                  "floor": lambda v: cams.activations_and_gradients(net, list(one.values()), v)}, x)
+        print(f"{arch:9s} single GradCAM @ {name}: camseg {r['camseg']:7.1f} img/s | torchcam {r['torchcam']:7.1f} | "
+              f"floor {r['floor']:7.1f} | single ratio camseg/torchcam = {r['camseg'] / r['torchcam']:.2f}", flush=True)
+        if arch == "small_cnn":
+            early = models.resolve_layer(arch, "early")
+            layer = {early: models.get_layer(model, arch, "early")}
+            xs = images(args.slow_batch)
+            for method in ("eigencam", "scorecam"):
+                r = race({"camseg": camseg([method], [early], layer, net),
+                          "library": library(method, list(layer.values()), net)}, xs, repeats=2, warmup=1)
+                h1 = cams.fast_cams(net, list(layer.values()), xs, method)[0].cpu().numpy()
+                h2 = cams.library_cams(net, list(layer.values()), xs, method)[0]
+                print(f"{arch:9s} {method} @ {early}, {args.size} x {args.size}, batch {len(xs)}: camseg "
+                      f"{r['camseg']:8.2f} img/s | pytorch-grad-cam {r['library']:8.2f} | "
+                      f"{method} ratio camseg/library = {r['camseg'] / r['library']:.1f} | "
+                      f"max |camseg-library| {np.abs(h1 - h2).max():.1e}", flush=True)
+        continue
     layers = [models.get_layer(model, arch, args.layer)]
-    x = torch.rand(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=torch.channels_last)
     for method in args.methods:
-        # the floor is timed right beside each fast-path timing, so both see the same clocks
-        floor = rate(lambda v: cams.activations_and_gradients(net, layers, v), x)
-        fast = rate(lambda v: cams.fast_cams(net, layers, v, method), x)
-        lib = rate(lambda v: cams.library_cams(net, layers, v, method), x, repeats=1)
+        r = race({"fast": lambda v: cams.fast_cams(net, layers, v, method),
+                  "library": lambda v: cams.library_cams(net, layers, v, method),
+                  "floor": lambda v: cams.activations_and_gradients(net, layers, v)}, x)
         h1 = cams.fast_cams(net, layers, x, method)[0].cpu().numpy()
         h2 = cams.library_cams(net, layers, x, method)[0]
-        rows.append((arch, method, lib, fast, floor, fast / floor, float(np.abs(h1 - h2).max())))
-        print(f"{arch:12s} {method:9s} library {lib:8.1f} img/s | fast {fast:8.1f} img/s | floor {floor:8.1f} img/s"
-              f" | fast/floor {fast / floor:.2f} | max |fast-library| {rows[-1][-1]:.1e}", flush=True)
+        print(f"{arch:12s} {method:9s} library {r['library']:8.1f} img/s | fast {r['fast']:8.1f} img/s | floor "
+              f"{r['floor']:8.1f} img/s | fast/floor {r['fast'] / r['floor']:.2f} | max |fast-library| "
+              f"{np.abs(h1 - h2).max():.1e}", flush=True)

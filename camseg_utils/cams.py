@@ -5,11 +5,16 @@ class (index 1), min-max normalised per image exactly as pytorch-grad-cam does. 
 that normalisation makes every tumour-free slice look hot, the un-normalised ("raw") map is
 kept too: ReLU of the method's weighted activations, bilinearly resized to the image.
 
-The fast path (GradCAM, GradCAM++, HiResCAM, XGradCAM, LayerCAM) runs one forward pass and
-one backward pass that stops at the target layer(s) (``torch.autograd.grad`` w.r.t. the
-activations, not the weights), keeps everything on the device and resizes the whole batch
-at once. pytorch-grad-cam stays the reference (tests compare the two) and serves every
-other method.
+The device path serves every CAM method and many maps at once: one forward pass, and one
+backward pass that stops at the target layers (``torch.autograd.grad`` w.r.t. the
+activations, not the weights), give the activations and gradients of every requested
+layer; every (method, layers, fusion) asked for is computed from them on the device, the
+whole batch resized at once (:func:`many_cams`, :func:`compute_many`). The gradient methods
+(GradCAM, GradCAM++, HiResCAM, XGradCAM, LayerCAM) and RandomCAM need nothing more;
+EigenCAM needs the first principal direction of each image's activations (see
+:func:`principal_directions` for how its sign is made the library's); ScoreCAM scores every
+activation-masked image, batched. pytorch-grad-cam stays the reference (tests compare
+the two, method by method) and can still be chosen with ``engine='library'``.
 """
 
 from __future__ import annotations
@@ -28,16 +33,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .device import to_tensor
-from .io import file_sha256, read_json, write_json
+from .io import UnreadableFileError, arrays_digest, file_sha256, load_torch, read_json, write_json
 from .models import get_layer, resolve_layer
+from .train import RETRAIN, load_classifier
 
 TUMOUR = 1
-FAST_METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam")
-LIBRARY_ONLY = ("scorecam", "eigencam", "randomcam")
+FAST_METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam")  # the gradient methods
+OTHER_CAMS = ("scorecam", "eigencam", "randomcam")  # on the device path too, not from the gradient alone
+CAM_METHODS = FAST_METHODS + OTHER_CAMS
 BASELINES = ("random", "sobel")
-METHODS = FAST_METHODS + LIBRARY_ONLY + BASELINES
+METHODS = CAM_METHODS + BASELINES
+SEEDED = ("random", "randomcam")  # methods whose maps depend on the seed
 FUSIONS = ("mean", "max")
-CACHE_FORMAT = 2  # bump when what a cache entry holds changes: older entries are recomputed
+# bump when what a cache entry holds or how it is named changes: older entries are recomputed
+# (3: the images' content hash in meta.json, the seed in the names of seeded entries)
+CACHE_FORMAT = 3
 
 
 class CamError(ValueError):
@@ -93,67 +103,233 @@ def _resize(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def _cam_from(method: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """The weighted activation map (before ReLU) of one gradient method; a, g: N x C x h x w."""
     if method == "gradcam":
-        return (g.mean((2, 3), keepdim=True) * a).sum(1)
+        return torch.einsum("nc,nchw->nhw", g.mean((2, 3)), a)  # channel weights: one batched matmul
     if method == "hirescam":
         return (g * a).sum(1)
     if method == "layercam":
         return (g.clamp_min(0) * a).sum(1)
     sum_a = a.sum((2, 3), keepdim=True)
     if method == "xgradcam":
-        return ((g * a / (sum_a + 1e-7)).sum((2, 3), keepdim=True) * a).sum(1)
+        return torch.einsum("nc,nchw->nhw", (g * a / (sum_a + 1e-7)).sum((2, 3)), a)
     if method == "gradcam++":
         g2 = g * g
         aij = g2 / (2 * g2 + sum_a * g2 * g + 1e-6)
         aij = torch.where(g != 0, aij, torch.zeros_like(aij))
-        return ((g.clamp_min(0) * aij).sum((2, 3), keepdim=True) * a).sum(1)
-    raise CamError(f"{method!r} has no fast path; fast methods: {', '.join(FAST_METHODS)}")
+        return torch.einsum("nc,nchw->nhw", (g.clamp_min(0) * aij).sum((2, 3)), a)
+    raise CamError(f"{method!r} is not a gradient method; gradient methods: {', '.join(FAST_METHODS)}")
+
+
+def principal_directions(m: torch.Tensor) -> torch.Tensor:
+    """First right singular vector of each N x P x C matrix, oriented as pytorch-grad-cam's EigenCAM orients it.
+
+    The library takes ``VT[0]`` of numpy's full SVD of each image's centred P x C activations
+    (LAPACK ``dgesdd``: numpy computes float32 input in float64). A singular vector's sign is
+    arbitrary; the library's is whatever ``dgesdd`` returns, a deterministic function of the
+    matrix that no closed-form rule (largest entry positive, positive sum, ...) reproduces.
+    Where P >= 11/6 C, ``dgesdd`` first reduces the matrix to the C x C triangular factor R of
+    its Householder QR and takes the singular vectors of R; where C >= 11/6 P, it reduces to
+    the P x P factor L of its LQ and maps back through Q. Householder factors have a sign
+    convention fixed by LAPACK (the same in every implementation), so this function computes
+    them batched on the device in float64 (``torch.linalg.qr``), then runs numpy's ``dgesdd``
+    on the small square factor only: the same routine on the same reduced matrix gives the
+    library's orientation, at the cost of a C x C SVD instead of the full one with its P x P
+    matrix U. In between (neither dimension 11/6 of the other) numpy's thin SVD of the whole
+    matrix is used, which takes the same route to ``VT`` as the full one.
+
+    What equality holds: the direction up to float rounding wherever the first two singular
+    values are apart, and the library's sign on every matrix tested (random matrices with
+    dead channels in tests/test_cams.py, and a trained small CNN's activations on LGG
+    slices); float32 factors are not enough (a dead channel's exact zeros then flip some
+    signs). A numpy built on another LAPACK (e.g. MKL) may orient some maps otherwise, and
+    so would the library there.
+    """
+    n, p, c = m.shape
+    mnthr = int(min(p, c) * 11.0 / 6.0)  # dgesdd's switch to a QR / LQ first
+    m64 = m.double()
+    if p >= c and p >= mnthr:
+        r = torch.linalg.qr(m64, mode="r").R.cpu().numpy()
+        v = np.linalg.svd(r)[2][:, 0]
+    elif c > p and c >= mnthr:
+        q, r = torch.linalg.qr(m64.transpose(1, 2), mode="reduced")  # M^T = Q R, so M = R^T Q^T (LQ)
+        vl = np.linalg.svd(r.transpose(1, 2).cpu().numpy())[2][:, 0]
+        return (q @ torch.from_numpy(vl).to(q)[..., None])[..., 0].to(m.dtype)
+    else:
+        v = np.linalg.svd(m.float().cpu().numpy(), full_matrices=False)[2][:, 0]
+    return torch.from_numpy(np.ascontiguousarray(v)).to(m)
+
+
+def eigen_projection(a: torch.Tensor) -> torch.Tensor:
+    """EigenCAM's map (before ReLU): each image's centred activations projected on their first principal direction."""
+    n, c, h, w = a.shape
+    m = a.reshape(n, c, h * w).transpose(1, 2)
+    m = torch.nan_to_num(m, nan=0.0)
+    m = m - m.mean(1, keepdim=True)
+    v = principal_directions(m)
+    return (m @ v[..., None]).reshape(n, h, w)
+
+
+def score_weights(
+    model: nn.Module, x: torch.Tensor, a: torch.Tensor, target: int = TUMOUR, batch_size: int = 64,
+) -> torch.Tensor:
+    """ScoreCAM's channel weights, N x C: softmax over channels of the target logit of each activation-masked image.
+
+    As pytorch-grad-cam: each channel's map is resized to the image (bilinear, corners
+    aligned), min-max scaled to [0, 1] and multiplied into the image; the N x C masked images
+    go through ``model`` in batches of ``batch_size``, whatever image they come from.
+    """
+    n, c = a.shape[:2]
+    with torch.inference_mode():
+        up = F.interpolate(a.float(), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=True)
+        lo, hi = up.amin((2, 3), keepdim=True), up.amax((2, 3), keepdim=True)
+        up = (up - lo) / (hi - lo + 1e-8)
+        # a channel constant over the image scales to an all-zero mask, so its masked image is
+        # all zeros whatever the image: scored once, not once per such channel
+        live = (hi - lo).flatten() > 0
+        scores = model(torch.zeros_like(x[:1]))[0, target].float().expand(n * c).clone()
+        todo = torch.nonzero(live)[:, 0]
+        for i in range(0, len(todo), batch_size):
+            k = todo[i:i + batch_size]
+            masked = x[k // c] * up[k // c, k % c][:, None]
+            if x.is_contiguous(memory_format=torch.channels_last):
+                masked = masked.contiguous(memory_format=torch.channels_last)
+            scores[k] = model(masked)[:, target].float()
+        return torch.softmax(scores.view(n, c), -1)
 
 
 def activations_and_gradients(
-    model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor, target: int = TUMOUR
-) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-    """One forward pass and a backward pass only as far as ``layers`` (the fast path's floor)."""
-    acts: list[torch.Tensor] = []
-    handles = [layer.register_forward_hook(lambda m, i, o: acts.append(o)) for layer in layers]
+    model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor, target: int = TUMOUR,
+    grad_layers: Sequence[int] | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None], torch.Tensor]:
+    """One forward pass and a backward pass only as far as ``layers`` (the fast path's floor).
+
+    ``grad_layers``: indices of the layers whose gradients are needed (default all; none:
+    no backward pass at all); the others get ``None``.
+    """
+    acts: dict[int, torch.Tensor] = {}
+
+    def hook(i):
+        return lambda m, inp, out: acts.__setitem__(i, out)
+
+    want = list(range(len(layers))) if grad_layers is None else sorted(set(grad_layers))
+    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
     try:
-        with torch.enable_grad():
+        with torch.enable_grad() if want else torch.inference_mode():
             logits = model(x)
-            grads = torch.autograd.grad(logits[:, target].sum(), acts)
+            grads = torch.autograd.grad(logits[:, target].sum(), [acts[i] for i in want]) if want else []
     finally:
         for h in handles:
             h.remove()
-    return [a.detach() for a in acts], [g.detach() for g in grads], logits.detach()
+    by_layer: list[torch.Tensor | None] = [None] * len(layers)
+    for i, g in zip(want, grads):
+        by_layer[i] = g.detach()
+    return [acts[i].detach() for i in range(len(layers))], by_layer, logits.detach()
+
+
+Request = tuple[str, tuple[str, ...], str]  # (method, layer names, fusion)
+
+
+def many_cams(
+    model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor, requests: Sequence[Request],
+    target: int = TUMOUR, seed: int = 0, offset: int = 0, score_batch: int = 64,
+) -> tuple[dict[Request, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """Every requested (method, layers, fusion) map of a batch from one forward and one backward pass.
+
+    ``layers`` maps names to modules; each request names the layers it fuses. Returns
+    {request: (heatmap in [0, 1], raw map)}, each N x H x W on x's device, and the logits.
+    Each map equals what :func:`fast_cams` (and pytorch-grad-cam) gives for that request
+    alone: a layer's map is computed once per method and shared by the requests that use it.
+    RandomCAM's weights come from numpy seeded with (``seed``, ``offset``), drawn layer by layer
+    in the request's order, as the library draws them from numpy's global generator.
+    """
+    for method, names, fuse in requests:
+        if method not in CAM_METHODS:
+            raise CamError(f"{method!r} has no device path; device methods: {', '.join(CAM_METHODS)}")
+        if fuse not in FUSIONS:
+            raise CamError(f"unknown fusion {fuse!r}; expected one of {FUSIONS}")
+        unknown = [n for n in names if n not in layers]
+        if unknown or not names:
+            raise CamError(f"request {method!r} @ {list(names)}: layers must be among {list(layers)}")
+    used = list(dict.fromkeys(n for _, names, _ in requests for n in names))
+    grad_used = {n for m, names, _ in requests if m in FAST_METHODS for n in names}
+    acts, grads, logits = activations_and_gradients(model, [layers[n] for n in used], x, target,
+                                                    [i for i, n in enumerate(used) if n in grad_used])
+    acts = dict(zip(used, (a.float() for a in acts)))
+    grads = dict(zip(used, (None if g is None else g.float() for g in grads)))
+    size = tuple(x.shape[-2:])
+
+    def scaled(cam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(raw map at the image's size, the map's min and range at its own size) from one layer's map before ReLU.
+
+        The library's per-layer map is resize(minmax(cam)); bilinear weights sum to one, so
+        resizing commutes with the per-image affine map of min-max, and that map is
+        (raw - min) / (1e-7 + range) without a second full-size resize.
+        """
+        cam = cam.clamp_min(0)
+        lo, hi = torch.aminmax(cam.flatten(-2), dim=-1)
+        return _resize(cam, size), lo[:, None, None], (hi - lo)[:, None, None]
+
+    per_layer: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def layer_map(method: str, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if (method, name) not in per_layer:
+            a = acts[name]
+            if method in FAST_METHODS:
+                cam = _cam_from(method, a, grads[name])
+            elif method == "eigencam":
+                cam = eigen_projection(a)
+            else:  # scorecam
+                w = score_weights(model, x, a, target, score_batch)
+                cam = (w[:, :, None, None] * a).sum(1)
+            per_layer[(method, name)] = scaled(cam)
+        return per_layer[(method, name)]
+
+    out = {}
+    for req in requests:
+        method, names, fuse = req
+        if method == "randomcam":
+            rng = np.random.RandomState([seed, offset])  # what np.random.seed([seed, offset]) sets up
+            maps = []
+            for name in names:
+                a = acts[name]
+                w = torch.from_numpy(rng.uniform(-1, 1, size=a.shape[:2])).to(a)
+                maps.append(scaled((w[:, :, None, None] * a).sum(1)))
+        else:
+            maps = [layer_map(method, name) for name in names]
+        if len(maps) == 1 and fuse == "mean":
+            # minmax(resize(minmax(cam))) in closed form: with rmin, rmax the full-size map's
+            # extremes it is (raw - rmin) / (rmax - rmin + 1e-7 (1e-7 + range)), one pass
+            raw, _, rng_ = maps[0]
+            rmin, rmax = torch.aminmax(raw.flatten(-2), dim=-1)
+            rmin, rmax = rmin[:, None, None], rmax[:, None, None]
+            out[req] = ((raw - rmin) / (rmax - rmin + 1e-7 * (1e-7 + rng_)), raw)
+            continue
+        scaled_maps = [(r - lo) / (1e-7 + rng_) for r, lo, rng_ in maps]
+        raws = [r for r, _, _ in maps]
+        if fuse == "max":
+            heat = torch.stack([minmax(m) for m in scaled_maps]).amax(0)
+            raw = torch.stack(raws).amax(0)
+        else:
+            heat = torch.stack(scaled_maps).clamp_min(0).mean(0)
+            raw = torch.stack(raws).mean(0)
+        out[req] = (minmax(heat), raw)
+    return out, logits
 
 
 def fast_cams(
     model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor, method: str, fuse: str = "mean",
-    target: int = TUMOUR,
+    target: int = TUMOUR, seed: int = 0, offset: int = 0, score_batch: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batched heatmaps on x's device: (heatmap in [0, 1], raw map, logits), each N x H x W (logits N x 2).
+    """Batched heatmaps of one method on x's device: (heatmap in [0, 1], raw map, logits), each N x H x W (logits N x 2).
 
     Reproduces pytorch-grad-cam: per layer, ReLU, min-max, bilinear resize; then the layers
     are fused (mean as the library does, or max) and min-max normalised again.
     """
     if fuse not in FUSIONS:
         raise CamError(f"unknown fusion {fuse!r}; expected one of {FUSIONS}")
-    size = tuple(x.shape[-2:])
-    acts, grads, logits = activations_and_gradients(model, layers, x, target)
-    scaled, raws = [], []
-    for a, g in zip(acts, grads):
-        cam = _cam_from(method, a.float(), g.float()).clamp_min(0)
-        raw = _resize(cam, size)
-        raws.append(raw)
-        # resize(minmax(cam)) without a second full-size resize: bilinear weights sum to one, so
-        # resizing commutes with the per-image affine map of min-max
-        flat = cam.flatten(-2)
-        lo = flat.min(-1).values[:, None, None]
-        s = (raw - lo) / (1e-7 + (flat.max(-1).values[:, None, None] - lo))
-        scaled.append(minmax(s) if fuse == "max" else s)
-    if fuse == "max":
-        heat, raw = torch.stack(scaled).amax(0), torch.stack(raws).amax(0)
-    else:
-        heat, raw = torch.stack(scaled).clamp_min(0).mean(0), torch.stack(raws).mean(0)
-    return minmax(heat), raw, logits
+    named = {f"layer{i}": layer for i, layer in enumerate(layers)}
+    req = (method, tuple(named), fuse)
+    maps, logits = many_cams(model, named, x, [req], target, seed, offset, score_batch)
+    return (*maps[req], logits)
 
 
 # -------------------------------------------------------------- library path
@@ -248,54 +424,105 @@ class Heatmaps:
         return np.asarray(self.raw[idx], np.float32) * np.asarray(self.raw_peak[idx], np.float32)[..., None, None]
 
 
+def _spec(layers: str | Sequence[str]) -> str:
+    """A layers entry as the caller names it: 'middle', 'middle+last', or a list joined by '+'."""
+    return layers if isinstance(layers, str) else "+".join(layers)
+
+
+def compute_many(
+    model: nn.Module, norm: nn.Module, arch: str, images: np.ndarray, methods: Sequence[str],
+    layers: Sequence[str | Sequence[str]] = ("middle",), fuses: Sequence[str] = ("mean",), batch_size: int = 32,
+    engine: str = "auto", seed: int = 0, progress: bool = True,
+    out: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]:
+    """Heatmaps and raw maps of every (method, layers entry, fusion) for uint8 N x H x W x 3 ``images``.
+
+    One sweep over the images: per batch one forward and one backward pass (:func:`many_cams`)
+    give every CAM map asked for. Returns {(method, layers entry as given, fusion): (heatmap,
+    raw)}; a baseline ('random', 'sobel') does not depend on the layer and is computed once,
+    under every layers entry. ``engine``: 'auto' or 'fast' (the device path), or 'library'
+    (pytorch-grad-cam, one method at a time; the reference). ``out`` maps keys to (memory-mapped)
+    arrays to fill, so the whole dataset never has to sit in memory.
+    """
+    keys = [(m, _spec(spec), f) for m in dict.fromkeys(methods) for spec in layers for f in dict.fromkeys(fuses)]
+    return compute_keys(model, norm, arch, images, keys, batch_size, engine, seed, progress, out)
+
+
+def compute_keys(
+    model: nn.Module | None, norm: nn.Module | None, arch: str, images: np.ndarray, keys: Sequence[tuple[str, str, str]],
+    batch_size: int = 32, engine: str = "auto", seed: int = 0, progress: bool = True,
+    out: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]:
+    """:func:`compute_many` for an explicit list of (method, layers entry, fusion) keys (the model may be None
+    when every key is a baseline)."""
+    from tqdm.auto import tqdm
+
+    keys = list(dict.fromkeys(keys))
+    for method, _, fuse in keys:
+        check_method(method)
+        if fuse not in FUSIONS:
+            raise CamError(f"unknown fusion {fuse!r}; expected one of {FUSIONS}")
+    if engine not in ("auto", "fast", "library"):
+        raise CamError(f"engine={engine!r}: expected 'auto', 'fast' or 'library'")
+    n, h, w = images.shape[:3]
+    result = {}
+    for k in keys:
+        result[k] = out[k] if out is not None and k in out else (np.empty((n, h, w), np.float32),
+                                                                 np.empty((n, h, w), np.float32))
+    for method in dict.fromkeys(k[0] for k in keys if k[0] in BASELINES):
+        first = next(k for k in keys if k[0] == method)
+        heat, raw = result[first]
+        for i in range(0, n, 256):
+            hb = (sobel_heatmaps(np.asarray(images[i:i + 256])) if method == "sobel"
+                  else random_heatmaps(min(256, n - i), (h, w), seed, offset=i))
+            heat[i:i + 256], raw[i:i + 256] = hb, hb
+        for k in keys:
+            if k[0] == method and k != first:
+                result[k][0][:], result[k][1][:] = heat, raw
+    cam_keys = [k for k in keys if k[0] not in BASELINES]
+    if not cam_keys:
+        return result
+    names = {spec: tuple(parse_layers(arch, spec)) for spec in dict.fromkeys(k[1] for k in cam_keys)}
+    requests = {k: (k[0], names[k[1]], k[2]) for k in cam_keys}
+    # channels-last convolutions: about 20 % faster on our 2-core CPU (resnet18, 256 x 256)
+    model.eval().to(memory_format=torch.channels_last)
+    net = _Classifier(model, norm).eval()
+    modules = {name: get_layer(model, arch, name) for spec in names.values() for name in spec}
+    device = next(model.parameters()).device
+    # ScoreCAM's inner batch of masked images: larger on a GPU, where small batches waste it
+    score_batch = 256 if device.type == "cuda" else 64
+    what = ", ".join(dict.fromkeys(k[0] for k in cam_keys))
+    for i in tqdm(range(0, n, batch_size), desc=f"{what} @ {', '.join(names)}", disable=not progress, leave=False):
+        xb = (to_tensor(np.asarray(images[i:i + batch_size]), device).float() / 255).contiguous(
+            memory_format=torch.channels_last)
+        if engine == "library":
+            for k, (method, spec, fuse) in requests.items():
+                with _numpy_seeded(seed, i):  # RandomCAM draws its channel weights from numpy's global generator
+                    hb, rb = library_cams(net, [modules[s] for s in spec], xb, method, fuse, batch_size=score_batch)
+                result[k][0][i:i + len(xb)], result[k][1][i:i + len(xb)] = hb, rb
+            continue
+        maps, _ = many_cams(net, modules, xb, list(dict.fromkeys(requests.values())), seed=seed, offset=i,
+                            score_batch=score_batch)
+        for k, req in requests.items():
+            hb, rb = maps[req]
+            result[k][0][i:i + len(xb)], result[k][1][i:i + len(xb)] = hb.cpu().numpy(), rb.cpu().numpy()
+    return result
+
+
 def compute_heatmaps(
     model: nn.Module, norm: nn.Module, arch: str, images: np.ndarray, method: str,
     layers: str | Sequence[str] = "middle", fuse: str = "mean", batch_size: int = 32,
     engine: str = "auto", seed: int = 0, progress: bool = True,
     out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Heatmaps and raw maps for uint8 N x H x W x 3 ``images``, in batches, on the model's device.
+    """Heatmaps and raw maps of one method for uint8 N x H x W x 3 ``images``, in batches, on the model's device.
 
-    ``engine``: 'fast', 'library', or 'auto' (fast where it exists). ``out`` lets the caller pass
-    (memory-mapped) arrays to fill, so the whole dataset never has to sit in memory.
+    :func:`compute_many` with one request. ``engine``: 'fast' or 'auto' (the device path), or
+    'library'. ``out`` lets the caller pass (memory-mapped) arrays to fill.
     """
-    from tqdm.auto import tqdm
-
-    check_method(method)
-    n, h, w = images.shape[:3]
-    heat, raw = out if out is not None else (np.empty((n, h, w), np.float32), np.empty((n, h, w), np.float32))
-    if method == "sobel":
-        for i in range(0, n, 256):
-            heat[i:i + 256] = sobel_heatmaps(np.asarray(images[i:i + 256]))
-            raw[i:i + 256] = heat[i:i + 256]
-        return heat, raw
-    if method == "random":
-        for i in range(0, n, 256):
-            heat[i:i + 256] = random_heatmaps(min(256, n - i), (h, w), seed, offset=i)
-            raw[i:i + 256] = heat[i:i + 256]
-        return heat, raw
-    if engine not in ("auto", "fast", "library"):
-        raise CamError(f"engine={engine!r}: expected 'auto', 'fast' or 'library'")
-    use_fast = method in FAST_METHODS and engine != "library"
-    if engine == "fast" and not use_fast:
-        raise CamError(f"{method!r} has no fast path; fast methods: {', '.join(FAST_METHODS)}")
-    names = parse_layers(arch, layers)
-    # channels-last convolutions: about 20 % faster on our 2-core CPU (resnet18, 256 x 256)
-    model.eval().to(memory_format=torch.channels_last)
-    net = _Classifier(model, norm).eval()
-    targets = [get_layer(model, arch, name) for name in names]
-    device = next(model.parameters()).device
-    for i in tqdm(range(0, n, batch_size), desc=f"{method} @ {'+'.join(names)}", disable=not progress, leave=False):
-        xb = (to_tensor(np.asarray(images[i:i + batch_size]), device).float() / 255).contiguous(
-            memory_format=torch.channels_last)
-        if use_fast:
-            hb, rb, _ = fast_cams(net, targets, xb, method, fuse)
-            hb, rb = hb.cpu().numpy(), rb.cpu().numpy()
-        else:  # ScoreCAM's inner batch of masked images: larger on a GPU, where small batches waste it
-            with _numpy_seeded(seed, i):  # RandomCAM draws its channel weights from numpy's global generator
-                hb, rb = library_cams(net, targets, xb, method, fuse, batch_size=256 if device.type == "cuda" else 32)
-        heat[i:i + len(xb)], raw[i:i + len(xb)] = hb, rb
-    return heat, raw
+    key = (method, _spec(layers), fuse)
+    return compute_many(model, norm, arch, images, [method], [layers], [fuse], batch_size, engine, seed, progress,
+                        out=None if out is None else {key: out})[key]
 
 
 @contextmanager
@@ -313,64 +540,122 @@ def checkpoint_id(path: str | Path) -> str:
     return file_sha256(path)[:12]
 
 
+def _entry_name(method: str, names: Sequence[str], fuse: str, split: str, seed: int) -> str:
+    name = f"{method}__{'+'.join(names)}__{fuse}__{split}"
+    return f"{name}__seed{seed}" if method in SEEDED else name
+
+
 def cached_heatmaps(
     run_dir: str | Path, checkpoint: str | Path, images: np.ndarray, split: str, method: str,
     layers: str | Sequence[str] = "middle", fuse: str = "mean", batch_size: int = 32,
     device: str | torch.device = "cpu", engine: str = "auto", seed: int = 0, progress: bool = True,
     loader: Callable | None = None,
 ) -> Heatmaps:
-    """Heatmaps of one split, from the disk cache or computed and cached.
+    """Heatmaps of one split, from the disk cache or computed and cached (:func:`cached_heatmaps_many`, one entry)."""
+    key = (method, _spec(layers), fuse)
+    return cached_heatmaps_many(run_dir, checkpoint, images, split, [method], [layers], [fuse], batch_size, device,
+                                engine, seed, progress, loader)[key]
 
-    The cache entry is ``run_dir/heatmaps/<arch>-<checkpoint hash>/<method>__<layers>__<fuse>__<split>/``
-    holding heatmap.npy and raw.npy (float16) and meta.json. A changed checkpoint has another
-    hash, so it is recomputed. Entries are filled through memory maps in a temporary folder
-    and renamed into place when complete, so an interrupted run leaves no half entry.
+
+def cached_heatmaps_many(
+    run_dir: str | Path, checkpoint: str | Path, images: np.ndarray, split: str, methods: Sequence[str],
+    layers: Sequence[str | Sequence[str]] = ("middle",), fuses: Sequence[str] = ("mean",), batch_size: int = 32,
+    device: str | torch.device = "cpu", engine: str = "auto", seed: int = 0, progress: bool = True,
+    loader: Callable | None = None,
+) -> dict[tuple[str, str, str], Heatmaps]:
+    """Heatmaps of one split for every (method, layers entry, fusion), from the disk cache or computed in one sweep.
+
+    Returns {(method, layers entry as given, fusion): Heatmaps}. Each entry is
+    ``run_dir/heatmaps/<arch>-<checkpoint hash>/<method>__<layers>__<fuse>__<split>[__seed<seed>]/``
+    holding heatmap.npy and raw.npy (float16), raw_peak.npy and meta.json; the seed is in the
+    name of the methods that use it (random, randomcam). An entry is served only if its
+    meta.json matches the format, the images' count, size and content hash
+    (:func:`.io.arrays_digest`), so images that differ under the same split name are recomputed;
+    a changed checkpoint has another hash and folder. Every missing entry is filled in one
+    pass over the images (:func:`compute_many`), through memory maps in temporary folders
+    renamed into place when complete, so an interrupted run leaves no half entry.
     """
-    from .train import load_classifier
-
-    check_method(method)
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    for method in methods:
+        check_method(method)
+    ckpt = load_torch(checkpoint, "classifier checkpoint", RETRAIN)
     arch = ckpt["arch"]
-    names = parse_layers(arch, layers) if method not in BASELINES else ["image"]
-    key = f"{method}__{'+'.join(names)}__{fuse}__{split}"
     ckpt_id = checkpoint_id(checkpoint)
-    entry = Path(run_dir) / "heatmaps" / f"{arch}-{ckpt_id}" / key
-    if (entry / "meta.json").exists():
-        meta = read_json(entry / "meta.json")
-        if (meta.get("format") == CACHE_FORMAT and meta["n"] == len(images)
-                and tuple(meta["size"]) == tuple(images.shape[1:3])):
-            return _load_entry(entry, meta)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=entry.parent))
+    content = arrays_digest(images)
+    n, h, w = images.shape[:3]
+    folder = Path(run_dir) / "heatmaps" / f"{arch}-{ckpt_id}"
+    entries, found, missing = {}, {}, []
+    for method in dict.fromkeys(methods):
+        for spec in layers:
+            names = parse_layers(arch, spec) if method not in BASELINES else ["image"]
+            for fuse in dict.fromkeys(fuses):
+                key = (method, _spec(spec), fuse)
+                entry = folder / _entry_name(method, names, fuse, split, seed)
+                entries[key] = (entry, names)
+                meta_path = entry / "meta.json"
+                if meta_path.exists():
+                    try:
+                        meta = read_json(meta_path)
+                    except UnreadableFileError:  # a broken entry is recomputed, like a missing one
+                        meta = {}
+                    if (meta.get("format") == CACHE_FORMAT and meta.get("n") == n and tuple(meta.get("size", ())) == (h, w)
+                            and meta.get("images_hash") == content):
+                        found[key] = _load_entry(entry, meta)
+                        continue
+                missing.append(key)
+    if not missing:
+        return found
+    folder.mkdir(parents=True, exist_ok=True)
+    # one temporary folder per distinct entry (baselines: one entry serves every layers entry)
+    todo = {}
+    for key in missing:
+        todo.setdefault(entries[key][0], []).append(key)
+    tmps = {entry: Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=folder)) for entry in todo}
     try:
-        n, h, w = images.shape[:3]
-        heat = np.lib.format.open_memmap(tmp / "heatmap.npy", "w+", np.float16, (n, h, w))
-        raw32 = np.lib.format.open_memmap(tmp / "raw32.npy", "w+", np.float32, (n, h, w))
-        model, norm, _ = load_classifier(checkpoint, device=device) if loader is None else loader()
-        compute_heatmaps(model, norm, arch, images, method, names if method not in BASELINES else "last", fuse,
-                         batch_size, engine, seed, progress, out=(heat, raw32))
-        raw = np.lib.format.open_memmap(tmp / "raw.npy", "w+", np.float16, (n, h, w))
-        peak = np.zeros(n, np.float32)
-        for i in range(0, n, 512):
-            r = np.asarray(raw32[i:i + 512])
-            peak[i:i + 512] = r.reshape(len(r), -1).max(1) if r.size else 0
-            raw[i:i + 512] = r / np.maximum(peak[i:i + 512], 1e-30)[:, None, None]
-        np.save(tmp / "raw_peak.npy", peak)
-        heat.flush()
-        raw.flush()
-        del heat, raw, raw32
-        (tmp / "raw32.npy").unlink()
-        meta = {"arch": arch, "checkpoint": str(checkpoint), "checkpoint_id": ckpt_id,
-                "method": method, "layers": names, "fuse": fuse, "split": split, "n": n, "size": [h, w],
-                "engine": engine, "format": CACHE_FORMAT}
-        write_json(tmp / "meta.json", meta)
-        if entry.exists():
-            shutil.rmtree(entry)
-        os.replace(tmp, entry)
+        out = {}
+        for entry, keys in todo.items():
+            heat = np.lib.format.open_memmap(tmps[entry] / "heatmap.npy", "w+", np.float16, (n, h, w))
+            raw32 = np.lib.format.open_memmap(tmps[entry] / "raw32.npy", "w+", np.float32, (n, h, w))
+            out[keys[0]] = (heat, raw32)
+        need_model = any(k[0] not in BASELINES for k in out)
+        model, norm, _ = ((load_classifier(checkpoint, device=device) if loader is None else loader())
+                          if need_model else (None, None, None))
+        compute_keys(model, norm, arch, images, list(out), batch_size, engine, seed, progress, out)  # one sweep
+        for entry, keys in todo.items():
+            method, spec, fuse = keys[0]
+            _finish_entry(tmps[entry], out[keys[0]], n, h, w, {
+                "arch": arch, "checkpoint": str(checkpoint), "checkpoint_id": ckpt_id, "method": method,
+                "layers": entries[keys[0]][1], "fuse": fuse, "split": split, "n": n, "size": [h, w],
+                "engine": engine, "seed": seed if method in SEEDED else None, "images_hash": content,
+                "format": CACHE_FORMAT})
+            out.pop(keys[0])
+            if entry.exists():
+                shutil.rmtree(entry)
+            os.replace(tmps[entry], entry)
+            meta = read_json(entry / "meta.json")
+            for key in keys:
+                found[key] = _load_entry(entry, meta)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return _load_entry(entry, meta)
+        for tmp in tmps.values():
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    return {key: found[key] for key in entries}
+
+
+def _finish_entry(tmp: Path, arrays: tuple[np.ndarray, np.ndarray], n: int, h: int, w: int, meta: dict) -> None:
+    """Raw maps to float16 relative to each slice's peak, then meta.json last (its presence marks a whole entry)."""
+    heat, raw32 = arrays
+    raw = np.lib.format.open_memmap(tmp / "raw.npy", "w+", np.float16, (n, h, w))
+    peak = np.zeros(n, np.float32)
+    for i in range(0, n, 512):
+        r = np.asarray(raw32[i:i + 512])
+        peak[i:i + 512] = r.reshape(len(r), -1).max(1) if r.size else 0
+        raw[i:i + 512] = r / np.maximum(peak[i:i + 512], 1e-30)[:, None, None]
+    np.save(tmp / "raw_peak.npy", peak)
+    heat.flush()
+    raw.flush()
+    del heat, raw, raw32, arrays
+    (tmp / "raw32.npy").unlink()
+    write_json(tmp / "meta.json", meta)
 
 
 def _load_entry(entry: Path, meta: dict) -> Heatmaps:

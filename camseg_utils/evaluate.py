@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image
 
 from . import cams, classification, data, metrics, protocol, train, unet
-from .io import UnreadableFileError, atomic_path, file_sha256, read_json, write_json
+from .io import UnreadableFileError, arrays_digest, atomic_path, file_sha256, read_json, write_json
 from .masks import head_masks
 from .provenance import data_fingerprint, provenance
 from .report import markdown_table
@@ -98,7 +98,7 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
 
     probs = train.predict(model, norm, ds.images, batch_size * 2, amp=True)
     heads = head_masks(ds.images)
-    key = f"external-{train.images_sha256(ds.images)[:16]}"  # by pixels: two cohorts may share every name
+    key = f"external-{arrays_digest(ds.images)[:16]}"  # by pixels: two cohorts may share every name
     hm = cams.cached_heatmaps(out_dir, ckpt_path, ds.images, key, best["method"], best["layer"], best["fuse"],
                               batch_size, dev, seed=int(best.get("seed", 0)), progress=progress,
                               loader=lambda: (model, norm, ckpt))

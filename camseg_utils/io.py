@@ -106,5 +106,23 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def arrays_digest(*arrays: np.ndarray, chunk_bytes: int = 64 << 20) -> str:
+    """blake2b of arrays' shapes, dtypes and bytes: what a cache or a resume must match besides file names.
+
+    Read in chunks, so a memory-mapped array is never loaded whole.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        a = np.asarray(a) if not isinstance(a, np.ndarray) else a
+        h.update(f"{tuple(a.shape)} {np.dtype(a.dtype).str};".encode())
+        if a.ndim == 0:
+            h.update(a.tobytes())
+            continue
+        per = max(1, chunk_bytes // max(1, int(np.prod(a.shape[1:])) * a.dtype.itemsize))
+        for i in range(0, len(a), per):
+            h.update(np.ascontiguousarray(a[i:i + per]).data)
+    return h.hexdigest()
+
+
 def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()

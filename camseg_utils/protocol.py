@@ -117,15 +117,29 @@ def patient_frame(masks: np.ndarray, split: Split, model: str, kind: str) -> pd.
 
 
 def run_heatmaps(run_dir: str | Path, val: Split, test: Split, fuse: str = "mean", batch_size: int = 32,
-                 device=None, seed: int = 0, **cached_kw) -> Callable:
+                 device=None, seed: int = 0, methods: Sequence[str] = (), layers: Sequence[str] = (),
+                 **cached_kw) -> Callable:
     """``heatmaps(arch, method, layer, split_name)`` from a run folder's heatmap cache (the classifier
-    ``models/<arch>/best.pt``); what :func:`study_cams` asks for."""
+    ``models/<arch>/best.pt``); what :func:`study_cams` asks for.
+
+    With ``methods`` and ``layers``, the first request for a (classifier, split) fills every missing
+    (method, layer) entry of it in one sweep over the images (one forward and one backward pass per
+    batch for all gradient methods and layers together).
+    """
     run_dir = Path(run_dir)
     parts = {"val": val, "test": test}
+    swept: dict[tuple[str, str], dict] = {}
 
     def heatmaps(arch: str, method: str, layer: str, split: str):
-        return cams.cached_heatmaps(run_dir, run_dir / "models" / arch / "best.pt", parts[split].images, split, method,
-                                    layer, fuse, batch_size, device, seed=seed, **cached_kw)
+        ckpt = run_dir / "models" / arch / "best.pt"
+        if method in methods and layer in layers:
+            if (arch, split) not in swept:
+                swept[arch, split] = cams.cached_heatmaps_many(run_dir, ckpt, parts[split].images, split, methods,
+                                                               layers, [fuse], batch_size, device, seed=seed,
+                                                               **cached_kw)
+            return swept[arch, split][method, layer, fuse]
+        return cams.cached_heatmaps(run_dir, ckpt, parts[split].images, split, method, layer, fuse, batch_size,
+                                    device, seed=seed, **cached_kw)
     return heatmaps
 
 

@@ -36,7 +36,6 @@ disagrees (filtered images are outside what it was trained on: the reason to re-
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from pathlib import Path
@@ -49,7 +48,7 @@ import torch.nn.functional as F
 
 from . import cams, classification, data, filtering, selection, train
 from .device import resolve_device
-from .io import load_torch
+from .io import arrays_digest, load_torch
 
 SUPPORTED, NOT_SUPPORTED = "supported", "not supported"
 CONFOUNDED, INCONCLUSIVE = "confounded by the heatmap's shape", "inconclusive"
@@ -87,14 +86,6 @@ def resize_maps(maps: np.ndarray, size: int | None) -> np.ndarray:
     return x[:, 0].clamp(0, 1).numpy()
 
 
-def _content_key(*arrays: np.ndarray) -> str:
-    """What a re-trained checkpoint was trained on: its images and labels, not only its folder's name."""
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:20]
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
@@ -110,7 +101,7 @@ def retrain_and_score(images: Mapping[str, np.ndarray], manifests: Mapping[str, 
     """
 
     ds = {s: data.Dataset(images[s], np.zeros(images[s].shape[:3], bool), manifests[s]) for s in SPLITS}
-    key = _content_key(images["train"], images["val"], manifests["train"].tumour.to_numpy(),
+    key = arrays_digest(images["train"], images["val"], manifests["train"].tumour.to_numpy(),
                        manifests["val"].tumour.to_numpy())
     cfg = train.TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, seed=seed, device=device)
     train.train_classifier(ds["train"], ds["val"], cfg, out_dir, split_hash=key, progress=False)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .classification import classification_metrics
 from .data import DataError, Dataset, manifest_hash
 from .device import resolve_device, to_tensor
-from .io import UnreadableFileError, load_torch, save_torch
+from .io import UnreadableFileError, arrays_digest, load_torch, save_torch
 from .models import build_model, get_spec
 
 
@@ -36,20 +36,6 @@ class CheckpointError(ValueError):
 
 
 RETRAIN = "; re-create it with: python -m camseg_utils.pipeline --preset NAME --from 02_train"
-
-
-def images_sha256(*arrays: np.ndarray) -> str:
-    """A content hash of image (and label) arrays: what a resume or a cache must match besides names."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.asarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        flat = a.reshape(len(a), -1) if a.ndim else a.reshape(1, -1)
-        for i in range(0, len(flat), 256):  # in slabs: a memory map is never read whole
-            h.update(np.ascontiguousarray(flat[i:i + 256]).tobytes())
-    return h.hexdigest()
 
 
 @dataclass
@@ -187,7 +173,7 @@ def train_classifier(
     use_amp = config.amp and device.type == "cuda"
     record = {
         "arch": config.arch, "image_size": int(train.images.shape[1]), "norm_mean": mean, "norm_std": std,
-        "split_hash": split_hash, "data_sha256": images_sha256(train.images, _labels(train), val.images, _labels(val)),
+        "split_hash": split_hash, "data_sha256": arrays_digest(train.images, _labels(train), val.images, _labels(val)),
         "seed": config.seed, "config": asdict(config), "versions": versions(),
         "layers": get_spec(config.arch).layers,
     }

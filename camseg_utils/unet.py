@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from .data import Dataset
 from .device import resolve_device, to_tensor
-from .io import UnreadableFileError, load_torch, save_torch
+from .io import UnreadableFileError, arrays_digest, load_torch, save_torch
 from .metrics import mean_dice, score_masks
 from .morphology import keep_volume_components
-from .train import Normalise, augment_batch, channel_stats, images_sha256, seed_everything, versions
+from .train import Normalise, augment_batch, channel_stats, seed_everything, versions
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -118,7 +118,7 @@ def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 
     dev = resolve_device(device)
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
               "image_size": int(train.images.shape[1]), "split_hash": split_hash,
-              "data_sha256": images_sha256(train.images, train.masks, val.images, val.masks)}
+              "data_sha256": arrays_digest(train.images, train.masks, val.images, val.masks)}
     path = out_dir / "best.pt"
     if resume and path.exists():
         try:

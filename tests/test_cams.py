@@ -4,6 +4,7 @@ import torch
 
 from camseg_utils import cams, data, models, train
 from camseg_utils.cams import CamError
+from camseg_utils.io import arrays_digest
 
 
 def _net(arch, seed=0):
@@ -59,8 +60,10 @@ def test_unknown_method_layer_fusion_list_the_options():
     m, net = _net("small_cnn")
     with pytest.raises(CamError, match="fusion"):
         cams.fast_cams(net, [m.block4], torch.rand(1, 3, 32, 32), "gradcam", fuse="median")
-    with pytest.raises(CamError, match="no fast path"):
-        cams.compute_heatmaps(m, net.norm, "small_cnn", np.zeros((1, 32, 32, 3), np.uint8), "scorecam", engine="fast")
+    with pytest.raises(CamError, match="engine='turbo'"):
+        cams.compute_heatmaps(m, net.norm, "small_cnn", np.zeros((1, 32, 32, 3), np.uint8), "scorecam", engine="turbo")
+    with pytest.raises(CamError, match="layers must be among"):
+        cams.many_cams(net, {"a": m.block4}, torch.rand(1, 3, 32, 32), [("gradcam", ("b",), "mean")])
 
 
 def test_baselines_are_deterministic_and_in_range():
@@ -118,3 +121,148 @@ def test_cache_computes_once_and_recomputes_for_a_new_checkpoint(tmp_path):
 def test_check_pair_names_both_shapes():
     with pytest.raises(CamError, match=r"images \(2, 8, 8, 3\) and heatmaps \(3, 8, 8\)"):
         cams.check_pair(np.zeros((2, 8, 8, 3)), np.zeros((3, 8, 8)))
+
+
+# ------------------------------------------------------------ one pass, many maps
+
+_REQUESTS = [(["early"], "mean"), (["middle", "last"], "mean"), (["middle", "last"], "max")]
+
+
+def _count_calls(module):
+    calls = []
+    return calls, module.register_forward_hook(lambda *a: calls.append(1))
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet18"])
+def test_one_pass_gives_every_map_as_the_single_method_path_and_the_library(arch):
+    m, net = _net(arch, seed=3)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    names = {n: models.resolve_layer(arch, n) for n in ("early", "middle", "last")}
+    modules = {names[n]: models.get_layer(m, arch, n) for n in names}
+    methods = [*cams.FAST_METHODS, "eigencam", "randomcam"]
+    requests = [(mth, tuple(names[n] for n in layers), fuse) for mth in methods for layers, fuse in _REQUESTS]
+    calls, hook = _count_calls(m)
+    try:
+        maps, _ = cams.many_cams(net, modules, x, requests, seed=5, offset=2)
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # one forward pass for all 21 maps
+    for (mth, layers, fuse), (heat, raw) in maps.items():
+        targets = [modules[n] for n in layers]
+        h1, r1, _ = cams.fast_cams(net, targets, x, mth, fuse, seed=5, offset=2)
+        assert torch.allclose(heat, h1, atol=1e-5) and torch.allclose(raw, r1, rtol=1e-4, atol=1e-6), (mth, layers, fuse)
+        with cams._numpy_seeded(5, 2):  # RandomCAM: the library's draws under the same seed
+            h_lib, r_lib = cams.library_cams(net, targets, x, mth, fuse)
+        tol = 1e-3 if mth == "eigencam" else 1e-4
+        assert np.abs(heat.numpy() - h_lib).max() <= tol, (mth, layers, fuse)
+        assert np.abs(raw.numpy() - r_lib).max() <= 1e-3 * max(1e-12, np.abs(r_lib).max()), (mth, layers, fuse)
+
+
+def test_scorecam_batched_equals_the_library():
+    m, net = _net("small_cnn", seed=4)
+    with torch.no_grad():  # four dead channels in the early block: all-zero masks, scored once
+        m.block2[1].weight[:4] = 0
+        m.block2[1].bias[:4] = 0
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    for layers, fuse in _REQUESTS:
+        targets = [models.get_layer(m, "small_cnn", n) for n in layers]
+        heat, raw, _ = cams.fast_cams(net, targets, x, "scorecam", fuse, score_batch=24)  # batches span images
+        h_lib, r_lib = cams.library_cams(net, targets, x, "scorecam", fuse)
+        assert np.abs(heat.numpy() - h_lib).max() <= 1e-4, layers
+        assert np.abs(raw.numpy() - r_lib).max() <= 1e-3 * np.abs(r_lib).max(), layers
+        assert heat.max() > 0.99  # not an all-zero map
+
+
+@pytest.mark.parametrize("shape", [(200, 8), (60, 40), (6, 40)])
+def test_principal_directions_orient_as_the_full_svd(shape):
+    """Every route (QR first, LQ first, neither) gives numpy's full-SVD VT[0], sign included,
+    also with dead (all-zero) channels and heavy-tailed post-ReLU data."""
+    p, c = shape
+    rng = np.random.default_rng(p * c)
+    m = np.maximum(rng.standard_normal((24, p, c)).astype(np.float32) * rng.gamma(1, 1, (24, 1, c)).astype(np.float32), 0)
+    m[::3, :, 1] = 0  # a dead channel in every third matrix
+    m -= m.mean(1, keepdims=True)
+    v = cams.principal_directions(torch.from_numpy(m)).numpy()
+    for k in range(len(m)):
+        ref = np.linalg.svd(m[k], full_matrices=True)[2][0]
+        assert np.dot(v[k], ref) > 1 - 1e-4, k  # same direction and the same sign
+
+
+def _trained(tmp_path):
+    ds = data.build_dataset("synthetic", image_size=32, n_patients=6, progress=False)
+    tr, va = ds.split("train"), ds.split("val")
+    train.train_classifier(tr, va, train.TrainConfig(epochs=1, batch_size=16, device="cpu"), tmp_path / "m",
+                           progress=False)
+    return ds, tmp_path / "m" / "best.pt"
+
+
+def test_eigencam_on_trained_activations_equals_the_library(tmp_path):
+    ds, ckpt = _trained(tmp_path)
+    model, norm, _ = train.load_classifier(ckpt)
+    imgs = ds.split("val").images[:24]
+    for layer in ("early", "middle", "last"):
+        fast = cams.compute_heatmaps(model, norm, "small_cnn", imgs, "eigencam", layer, progress=False)
+        lib = cams.compute_heatmaps(model, norm, "small_cnn", imgs, "eigencam", layer, engine="library", progress=False)
+        assert np.abs(fast[0] - lib[0]).max() <= 1e-3, layer
+
+
+def test_compute_many_fills_every_key_as_compute_heatmaps(tmp_path):
+    m, net = _net("small_cnn", seed=1)
+    imgs = np.random.default_rng(1).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    got = cams.compute_many(m, net.norm, "small_cnn", imgs, ["gradcam", "layercam", "random"], ["middle", "middle+last"],
+                            ["mean", "max"], batch_size=2, seed=3, progress=False)
+    assert set(got) == {(a, b, c) for a in ("gradcam", "layercam", "random") for b in ("middle", "middle+last")
+                        for c in ("mean", "max")}
+    for (mth, layers, fuse), (heat, raw) in got.items():
+        h1, r1 = cams.compute_heatmaps(m, net.norm, "small_cnn", imgs, mth, layers, fuse, batch_size=2, seed=3,
+                                       progress=False)
+        assert np.allclose(heat, h1, atol=1e-5) and np.allclose(raw, r1, rtol=1e-4, atol=1e-6), (mth, layers, fuse)
+
+
+# ------------------------------------------------------------------ cache keys
+
+
+def test_cache_fills_several_methods_in_one_sweep_and_serves_them_singly(tmp_path):
+    ds, ckpt = _trained(tmp_path)
+    va = ds.split("val")
+    model, norm, meta = train.load_classifier(ckpt)
+    calls, hook = _count_calls(model)
+    loads = []
+    try:
+        got = cams.cached_heatmaps_many(tmp_path, ckpt, va.images, "val", ["gradcam", "hirescam", "random"],
+                                        ["middle", "last"], batch_size=64, progress=False,
+                                        loader=lambda: loads.append(1) or (model, norm, meta))
+    finally:
+        hook.remove()
+    assert len(loads) == 1 and len(calls) == -(-len(va) // 64)  # one forward pass per batch for 4 CAM entries
+    assert len(list((tmp_path / "heatmaps").glob("small_cnn-*/*"))) == 5  # random: one entry for both layers
+    one = cams.cached_heatmaps(tmp_path, ckpt, va.images, "val", "hirescam", "last", progress=False,
+                               loader=lambda: pytest.fail("served from the cache, no model needed"))
+    assert np.array_equal(one.heatmap, got[("hirescam", "last", "mean")].heatmap)
+    direct = cams.compute_heatmaps(model, norm, "small_cnn", va.images, "hirescam", "last", progress=False)[0]
+    assert np.abs(direct - one.heatmap.astype(np.float32)).max() < 2e-3
+
+
+@pytest.mark.parametrize("method", ["random", "randomcam"])
+def test_cache_is_keyed_by_the_seed(tmp_path, method):
+    ds, ckpt = _trained(tmp_path)
+    va = ds.split("val")
+    a = cams.cached_heatmaps(tmp_path, ckpt, va.images, "val", method, "middle", seed=0, progress=False)
+    b = cams.cached_heatmaps(tmp_path, ckpt, va.images, "val", method, "middle", seed=1, progress=False)
+    assert not np.allclose(np.asarray(a.heatmap, np.float32), np.asarray(b.heatmap, np.float32), atol=1e-2)
+    model, norm, _ = train.load_classifier(ckpt)
+    direct = cams.compute_heatmaps(model, norm, "small_cnn", va.images, method, "middle", seed=1, progress=False)[0]
+    assert np.abs(direct - b.heatmap.astype(np.float32)).max() < 2e-3
+    assert b.meta["seed"] == 1
+
+
+def test_cache_is_keyed_by_the_images_content(tmp_path):
+    ds, ckpt = _trained(tmp_path)
+    va = ds.split("val")
+    other = np.ascontiguousarray(va.images[::-1])  # another cohort: same count, size and split name
+    a = cams.cached_heatmaps(tmp_path, ckpt, va.images, "val", "gradcam", "middle", progress=False)
+    a = np.asarray(a.heatmap, np.float32)
+    b = cams.cached_heatmaps(tmp_path, ckpt, other, "val", "gradcam", "middle", progress=False)
+    assert np.abs(np.asarray(b.heatmap, np.float32) - a[::-1]).max() < 2e-3  # its own maps, not the first cohort's
+    assert arrays_digest(va.images) != arrays_digest(other)
+    assert arrays_digest(va.images) == arrays_digest(np.array(va.images), chunk_bytes=1000)
