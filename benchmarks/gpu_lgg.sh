@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU benchmarks, then the lgg preset end to end, timed.
+# The GPU benchmark (heatmap study against torchcam and pytorch-grad-cam at 256 x 256, batch 64), then the
+# lgg preset end to end, timed; then the README's LGG tables and example figure from that run.
 # Everything printed names the card. Results (report, metrics, stage records, executed notebooks,
 # figures; no checkpoints or heatmap caches) are packed into OUT_DIR/run_lgg.tgz.
 #
@@ -7,17 +8,19 @@
 set -u
 root=$1 out=$2 limit=${3:-480}
 shift 3 2>/dev/null || shift $#
+py=${PYTHON:-python3}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-timeout 75 ${PYTHON:-python3} benchmarks/bench_cams.py --archs small_cnn resnet18 --methods gradcam layercam \
-    --size 256 --batch 64 --batches 10 --device cuda 2>&1 | grep -v "it/s" | tee "$out/bench_cams.txt"
-timeout 60 ${PYTHON:-python3} benchmarks/bench_train.py --archs resnet18 vgg11_bn --size 256 --batch 64 --device cuda 2>&1 \
-    | tee "$out/bench_train.txt"
+timeout 150 $py benchmarks/bench_cams.py --study --archs small_cnn resnet18 --size 256 --batch 64 --slow-batch 16 \
+    --device cuda 2>&1 | grep -v "it/s" | tee "$out/bench_cams.txt"
 t0=$(date +%s)
-timeout "$limit" ${PYTHON:-python3} -m camseg_utils.pipeline --preset lgg -p data_root="$root" "$@" >"$out/pipeline.log" 2>&1
+timeout "$limit" $py -m camseg_utils.pipeline --preset lgg -p data_root="$root" "$@" >"$out/pipeline.log" 2>&1
 rc=$?
 echo "pipeline exit $rc after $(( $(date +%s) - t0 )) s (limit $limit s)" | tee -a "$out/pipeline.log"
-grep -E "^\[|pipeline" "$out/pipeline.log"
-tar czf "$out/run_lgg.tgz" runs/lgg/report.md runs/lgg/report.json runs/lgg/metrics runs/lgg/stages \
-    runs/lgg/notebooks figures/lgg 2>/dev/null
-cat runs/lgg/report.md 2>/dev/null | head -80
+grep -E "^\[|pipeline|^error" "$out/pipeline.log"
+if [ -f runs/lgg/metrics/05_dice.json ]; then
+  timeout 60 $py -m camseg_utils.readme_tables tables runs/lgg >"$out/tables_lgg.md" 2>&1
+  timeout 60 $py -m camseg_utils.readme_tables figure runs/lgg "$out/lgg_example.png" --device cuda 2>&1 | tail -2
+fi
+tar czf "$out/run_lgg.tgz" runs/lgg/report.md runs/lgg/report.json runs/lgg/provenance.json runs/lgg/metrics \
+    runs/lgg/stages runs/lgg/notebooks figures/lgg 2>/dev/null

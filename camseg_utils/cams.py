@@ -102,21 +102,45 @@ def _resize(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def _cam_from(method: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """The weighted activation map (before ReLU) of one gradient method; a, g: N x C x h x w."""
-    if method == "gradcam":
-        return torch.einsum("nc,nchw->nhw", g.mean((2, 3)), a)  # channel weights: one batched matmul
-    if method == "hirescam":
-        return (g * a).sum(1)
-    if method == "layercam":
-        return (g.clamp_min(0) * a).sum(1)
-    sum_a = a.sum((2, 3), keepdim=True)
-    if method == "xgradcam":
-        return torch.einsum("nc,nchw->nhw", (g * a / (sum_a + 1e-7)).sum((2, 3)), a)
-    if method == "gradcam++":
+    return _cams_from((method,), a, g)[method]
+
+
+def _cams_from(methods: Sequence[str], a: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The maps (before ReLU) of several gradient methods at one layer, sharing what they have in common.
+
+    HiResCAM's g * a gives XGradCAM its weights; LayerCAM and GradCAM++ share relu(g); XGradCAM and
+    GradCAM++ share the activations' sums. Every method of the form sum_c w_c a_c (GradCAM,
+    XGradCAM, GradCAM++) is one batched product with the stacked channel weights.
+    """
+    need = set(methods)
+    unknown = need - set(FAST_METHODS)
+    if unknown:
+        raise CamError(f"{sorted(unknown)[0]!r} is not a gradient method; gradient methods: {', '.join(FAST_METHODS)}")
+    out: dict[str, torch.Tensor] = {}
+    weights: dict[str, torch.Tensor] = {}
+    if need & {"hirescam", "xgradcam"}:
+        ga = g * a
+        if "hirescam" in need:
+            out["hirescam"] = ga.sum(1)
+    if need & {"xgradcam", "gradcam++"}:
+        sum_a = a.sum((2, 3), keepdim=True)
+    if "gradcam" in need:
+        weights["gradcam"] = g.mean((2, 3))
+    if "xgradcam" in need:  # sum(g a / S) = sum(g a) / S: one pass over the channels' maps less
+        weights["xgradcam"] = ga.sum((2, 3)) / (sum_a[:, :, 0, 0] + 1e-7)
+    if need & {"layercam", "gradcam++"}:
+        g_pos = g.clamp_min(0)
+        if "layercam" in need:
+            out["layercam"] = (g_pos * a).sum(1)
+    if "gradcam++" in need:
+        # alpha = g^2 / (2 g^2 + S g^3) where g != 0, else 0; it only ever meets relu(g), which is 0
+        # wherever g is, and the 1e-6 keeps alpha finite there, so no mask is needed
         g2 = g * g
-        aij = g2 / (2 * g2 + sum_a * g2 * g + 1e-6)
-        aij = torch.where(g != 0, aij, torch.zeros_like(aij))
-        return torch.einsum("nc,nchw->nhw", (g.clamp_min(0) * aij).sum((2, 3)), a)
-    raise CamError(f"{method!r} is not a gradient method; gradient methods: {', '.join(FAST_METHODS)}")
+        weights["gradcam++"] = (g_pos * g2 / (g2 * (2 + sum_a * g) + 1e-6)).sum((2, 3))
+    if weights:
+        maps = torch.einsum("nkc,nchw->nkhw", torch.stack(list(weights.values()), 1), a)
+        out.update((m, maps[:, i]) for i, m in enumerate(weights))
+    return out
 
 
 def principal_directions(m: torch.Tensor) -> torch.Tensor:
@@ -257,30 +281,41 @@ def many_cams(
     grads = dict(zip(used, (None if g is None else g.float() for g in grads)))
     size = tuple(x.shape[-2:])
 
-    def scaled(cam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(raw map at the image's size, the map's min and range at its own size) from one layer's map before ReLU.
+    def scaled(cams_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(raw maps at the image's size, the maps' min and range at their own size) from N x K maps before ReLU.
 
         The library's per-layer map is resize(minmax(cam)); bilinear weights sum to one, so
         resizing commutes with the per-image affine map of min-max, and that map is
-        (raw - min) / (1e-7 + range) without a second full-size resize.
+        (raw - min) / (1e-7 + range) without a second full-size resize. The K maps of a layer
+        are clamped, measured and resized together.
         """
-        cam = cam.clamp_min(0)
-        lo, hi = torch.aminmax(cam.flatten(-2), dim=-1)
-        return _resize(cam, size), lo[:, None, None], (hi - lo)[:, None, None]
+        cams_ = cams_.clamp_min(0)
+        lo, hi = torch.aminmax(cams_.flatten(-2), dim=-1)
+        raw = cams_ if tuple(cams_.shape[-2:]) == size else F.interpolate(cams_, size=size, mode="bilinear",
+                                                                          align_corners=False)
+        return raw, lo[..., None, None], (hi - lo)[..., None, None]
 
     per_layer: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    gradient_methods = {n: list(dict.fromkeys(m for m, names, _ in requests if m in FAST_METHODS and n in names))
+                        for n in used}
 
     def layer_map(method: str, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if (method, name) not in per_layer:
             a = acts[name]
-            if method in FAST_METHODS:
-                cam = _cam_from(method, a, grads[name])
-            elif method == "eigencam":
+            if method in FAST_METHODS:  # every gradient method asked for at this layer, at once
+                group = gradient_methods[name]
+                maps = _cams_from(group, a, grads[name])
+                raw, lo, rng_ = scaled(torch.stack([maps[m] for m in group], 1))
+                for i, m in enumerate(group):
+                    per_layer[(m, name)] = (raw[:, i], lo[:, i], rng_[:, i])
+                return per_layer[(method, name)]
+            if method == "eigencam":
                 cam = eigen_projection(a)
             else:  # scorecam
                 w = score_weights(model, x, a, target, score_batch)
                 cam = (w[:, :, None, None] * a).sum(1)
-            per_layer[(method, name)] = scaled(cam)
+            raw, lo, rng_ = scaled(cam[:, None])
+            per_layer[(method, name)] = (raw[:, 0], lo[:, 0], rng_[:, 0])
         return per_layer[(method, name)]
 
     out = {}
@@ -292,7 +327,8 @@ def many_cams(
             for name in names:
                 a = acts[name]
                 w = torch.from_numpy(rng.uniform(-1, 1, size=a.shape[:2])).to(a)
-                maps.append(scaled((w[:, :, None, None] * a).sum(1)))
+                raw, lo, rng_ = scaled((w[:, :, None, None] * a).sum(1)[:, None])
+                maps.append((raw[:, 0], lo[:, 0], rng_[:, 0]))
         else:
             maps = [layer_map(method, name) for name in names]
         if len(maps) == 1 and fuse == "mean":

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_path
-from .metrics import dice
 
 
 def save(fig: plt.Figure, path: str | Path | None, dpi: int = 110) -> plt.Figure:
@@ -107,36 +106,3 @@ def confusion(cm: list[list[int]], title: str, ax: plt.Axes) -> None:
     sns.heatmap(np.asarray(cm), annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax,
                 xticklabels=["no tumour", "tumour"], yticklabels=["no tumour", "tumour"])
     ax.set(xlabel="predicted", ylabel="true", title=title)
-
-
-def dice_vs_threshold(curves: pd.DataFrame, results: pd.DataFrame, path: str | Path | None = None) -> plt.Figure:
-    """Validation mean-Dice against the threshold (best over gates and scales), one facet per (arch, layer),
-    with the chosen threshold settings circled."""
-    import seaborn as sns
-
-    thr = curves[curves.rule == "threshold"]
-    best_thr = thr.groupby(["arch", "method", "layer", "refinement", "value"], as_index=False).mean_dice.max()
-    g = sns.relplot(data=best_thr, x="value", y="mean_dice", hue="method", style="refinement", col="layer", row="arch",
-                    kind="line", marker="o", height=3, aspect=1.2)
-    for (arch, layer), ax in g.axes_dict.items():  # facets are (row=arch, col=layer)
-        sel = results[(results.arch == arch) & (results.layer == layer) & (results.rule == "threshold")]
-        ax.scatter(sel.value, sel.val_mean_dice, s=80, facecolors="none", edgecolors="k", zorder=5)
-    g.set_axis_labels("threshold", "validation mean-Dice\n(best over gates and scales)")
-    return save(g.figure, path)
-
-
-def masks_side_by_side(images: np.ndarray, gt: np.ndarray, masks: dict[str, np.ndarray], picks,
-                       path: str | Path | None = None) -> plt.Figure:
-    """Rows of slices ``picks``: the image, the ground truth, then each named set of masks with its Dice."""
-    panels = [("image", None), ("ground truth", gt)] + list(masks.items())
-    fig, axes = plt.subplots(len(picks), len(panels), figsize=(2 * len(panels), 2 * len(picks)), squeeze=False)
-    for r, i in enumerate(picks):
-        for c, (name, m) in enumerate(panels):
-            show_image(axes[r, c], images[i], name if r == 0 else None)
-            if m is not None:
-                axes[r, c].imshow(np.ma.masked_where(~m[i], m[i]), cmap="autumn", alpha=0.6)
-                outline(axes[r, c], gt[i])
-            if c >= 2:
-                axes[r, c].set_xlabel(f"Dice {dice(m[i], gt[i]):.2f}", fontsize=8)
-    fig.tight_layout()
-    return save(fig, path)

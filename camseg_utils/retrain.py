@@ -345,7 +345,7 @@ def study_heatmaps(run_dir: str | Path, checkpoint: str | Path, images: Mapping[
                 raise FileNotFoundError(f"guided_radius=-1 reads the radius 05 chose from {table}, which does not exist: "
                                         f"run notebook 05 first, or give guided_radius (0: no refined heatmaps)")
             t = pd.read_csv(table)
-            row = t[(t.arch == arch) & (t.method == mth) & (t.layer == layer) & (t.refine == "guided")]
+            row = t[(t.arch == arch) & (t.method == mth) & (t.layer == layer) & (t.refinement == "guided")]
             r = int(row.guided_radius.iloc[0]) if len(row) else 0
         if r:
             out[f"{mth} + guided r={r}"] = as_maps({s: selection.setting_heatmaps(v, {"guided_radius": r}, images[s], device)
