@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from camseg_utils import cams, data, models, train
+from camseg_utils import data, heatmap_cache, models, train
 from camseg_utils.device import device_name, resolve_device
 
 ap = argparse.ArgumentParser()
@@ -38,7 +38,7 @@ for arch in args.archs:
         torch.save({"arch": arch, "image_size": args.size, "norm_mean": norm.mean.flatten().tolist(),
                     "norm_std": norm.std.flatten().tolist(), "split_hash": "", "model": model.state_dict()}, ckpt)
         t = time.perf_counter()
-        hm = cams.cached_heatmaps(tmp, ckpt, ds.images, "all", args.method, args.layer, batch_size=args.batch,
+        hm = heatmap_cache.cached_heatmaps(tmp, ckpt, ds.images, "all", args.method, args.layer, batch_size=args.batch,
                                   device=dev, progress=False)
         dt = time.perf_counter() - t
         print(f"{arch:12s} {len(ds)} heatmaps in {dt:.1f} s ({len(ds) / dt:.1f} img/s), cached as "

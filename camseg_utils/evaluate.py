@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import cams, classification, data, metrics, protocol, train, unet
+from . import classification, data, metrics, protocol, train, unet
+from .heatmap_cache import cached_heatmaps
 from .io import UnreadableFileError, arrays_digest, atomic_path, file_sha256, read_json, write_json
 from .masks import head_masks
 from .provenance import data_fingerprint, provenance
@@ -99,7 +100,7 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
     probs = train.predict(model, norm, ds.images, batch_size * 2, amp=True)
     heads = head_masks(ds.images)
     key = f"external-{arrays_digest(ds.images)[:16]}"  # by pixels: two cohorts may share every name
-    hm = cams.cached_heatmaps(out_dir, ckpt_path, ds.images, key, best["method"], best["layer"], best["fuse"],
+    hm = cached_heatmaps(out_dir, ckpt_path, ds.images, key, best["method"], best["layer"], best["fuse"],
                               batch_size, dev, seed=int(best.get("seed", 0)), progress=progress,
                               loader=lambda: (model, norm, ckpt))
     _, cam_masks = protocol.apply_chosen(hm, best, ds.images, heads, probs, dev)
@@ -142,7 +143,7 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
         result["cam"] = metrics.score_masks(cam_masks[has], gt, pats, n_boot, seed)
         result["unet"] = metrics.score_masks(unet_masks[has], gt, pats, n_boot, seed)
         if rand:
-            rh = cams.cached_heatmaps(out_dir, ckpt_path, ds.images, key, "random", "last", rand["fuse"], batch_size,
+            rh = cached_heatmaps(out_dir, ckpt_path, ds.images, key, "random", "last", rand["fuse"], batch_size,
                                       dev, seed=int(rand.get("seed", 0)), progress=False, loader=lambda: (model, norm, ckpt))
             _, rand_masks = protocol.apply_chosen(rh, rand, ds.images, heads, probs, dev)
             result["random_baseline"] = metrics.score_masks(rand_masks[has], gt, pats, n_boot, seed)

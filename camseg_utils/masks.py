@@ -82,7 +82,7 @@ def to_masks(
 
 
 def scaled_heatmaps(heatmaps, normalisation: str = "per_image", reference: float | None = None) -> np.ndarray:
-    """A :class:`camseg_utils.cams.Heatmaps` as float32 maps in [0, 1].
+    """A :class:`camseg_utils.heatmap_cache.Heatmaps` as float32 maps in [0, 1].
 
     'per_image': pytorch-grad-cam's per-slice min-max. 'global': the raw map over ``reference``
     (from :func:`global_scale` on validation), clipped to [0, 1].

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import cams, metrics
+from . import cams, heatmap_cache, metrics
 from .data import Dataset
 from .io import file_sha256
 from .masks import NORMALISATIONS, check_threshold, head_masks
@@ -134,11 +134,11 @@ def run_heatmaps(run_dir: str | Path, val: Split, test: Split, fuse: str = "mean
         ckpt = run_dir / "models" / arch / "best.pt"
         if method in methods and layer in layers:
             if (arch, split) not in swept:
-                swept[arch, split] = cams.cached_heatmaps_many(run_dir, ckpt, parts[split].images, split, methods,
+                swept[arch, split] = heatmap_cache.cached_heatmaps_many(run_dir, ckpt, parts[split].images, split, methods,
                                                                layers, [fuse], batch_size, device, seed=seed,
                                                                **cached_kw)
             return swept[arch, split][method, layer, fuse]
-        return cams.cached_heatmaps(run_dir, ckpt, parts[split].images, split, method, layer, fuse, batch_size,
+        return heatmap_cache.cached_heatmaps(run_dir, ckpt, parts[split].images, split, method, layer, fuse, batch_size,
                                     device, seed=seed, **cached_kw)
     return heatmaps
 

@@ -268,7 +268,7 @@ def example_figure(run_dir: str | Path, path: str | Path | None = None, index: i
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from . import cams, data, masks, metrics, plots, selection, unet
+    from . import data, heatmap_cache, masks, metrics, plots, selection, unet
     from .device import resolve_device
 
     run_dir = Path(run_dir)
@@ -284,7 +284,7 @@ def example_figure(run_dir: str | Path, path: str | Path | None = None, index: i
         raise ReadmeError(f"the test split of {run_dir} has no slice with tumour")
     dev = resolve_device(device)
     ckpt = run_dir / "models" / best["arch"] / "best.pt"
-    hm = cams.cached_heatmaps(run_dir, ckpt, test.images, "test", best["method"], best["layer"], best.get("fuse", "mean"),
+    hm = heatmap_cache.cached_heatmaps(run_dir, ckpt, test.images, "test", best["method"], best["layer"], best.get("fuse", "mean"),
                               batch_size, dev, seed=int(best.get("seed", 0)), progress=False)
     pred = pd.read_csv(run_dir / "models" / best["arch"] / "predictions.csv")
     probs = pred.loc[pred.split == "test", "prob"].to_numpy()

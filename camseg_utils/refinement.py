@@ -83,7 +83,7 @@ def guide_images(images: np.ndarray, channel: int = GUIDE_CHANNEL) -> np.ndarray
 
 def refine(heatmaps, images: np.ndarray, radius: int, eps: float = GUIDED_EPS, channel: int = GUIDE_CHANNEL,
            device=None):
-    """A :class:`camseg_utils.cams.Heatmaps` refined by the guided filter (``radius`` 0: unchanged).
+    """A :class:`camseg_utils.heatmap_cache.Heatmaps` refined by the guided filter (``radius`` 0: unchanged).
 
     Both scales are filtered: the raw map (clipped at 0, since the filter may undershoot) and the
     per-image map (clipped, then min-max normalised again, as pytorch-grad-cam scales its maps).

@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import cams, classification, data, filtering, selection, train
+from . import classification, data, filtering, heatmap_cache, selection, train
 from .device import resolve_device
 from .io import arrays_digest, load_torch
 
@@ -328,7 +328,7 @@ def study_heatmaps(run_dir: str | Path, checkpoint: str | Path, images: Mapping[
     arch = load_torch(checkpoint, "classifier checkpoint")["arch"]
 
     def cached(mth):
-        return {s: cams.cached_heatmaps(run_dir, checkpoint, images[s], s, mth, layer, fuse, batch_size, device,
+        return {s: heatmap_cache.cached_heatmaps(run_dir, checkpoint, images[s], s, mth, layer, fuse, batch_size, device,
                                         seed=seed, loader=loader, progress=False) for s in SPLITS}
 
     def as_maps(h):

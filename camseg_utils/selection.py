@@ -34,7 +34,7 @@ def setting_heatmaps(heatmaps, setting, images: np.ndarray | None = None, device
 
 def apply_setting(heatmaps, setting, heads: np.ndarray | None = None, probs: np.ndarray | None = None,
                   reference: float | None = None, images: np.ndarray | None = None, device=None) -> np.ndarray:
-    """Masks from a :class:`camseg_utils.cams.Heatmaps` with one chosen setting (a sweep row with its
+    """Masks from a :class:`camseg_utils.heatmap_cache.Heatmaps` with one chosen setting (a sweep row with its
     ``normalisation``, as a dict or pandas row); the global scale is ``reference`` or ``setting['reference']``.
     Settings with a guided refinement need the ``images`` (see :func:`setting_heatmaps`)."""
     ref = reference if reference is not None else setting.get("reference")
@@ -116,7 +116,7 @@ def sweep_settings(
     normalisations=NORMALISATIONS, guided_radii=(0,), guided_eps: float = GUIDED_EPS,
     guide_channel: int = GUIDE_CHANNEL, device=None, **sweep_kw,
 ) -> list[dict]:
-    """:func:`sweep` of a :class:`camseg_utils.cams.Heatmaps` on one (validation) split over every
+    """:func:`sweep` of a :class:`camseg_utils.heatmap_cache.Heatmaps` on one (validation) split over every
     guided radius and heatmap scale as well. Each row carries what :func:`apply_setting` needs
     (``normalisation``, ``reference``, ``guided_radius``, ``guided_eps``, ``guide_channel``) and
     ``refinement``: 'none' (radius 0, the heatmap alone) or 'guided'. The global scale's reference is

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from camseg_utils import cams, data, models, train
+from camseg_utils import cams, data, heatmap_cache, models, train
 from camseg_utils.cams import CamError
 from camseg_utils.io import arrays_digest
 
@@ -61,7 +61,7 @@ def test_unknown_method_layer_fusion_list_the_options():
     with pytest.raises(CamError, match="fusion"):
         cams.fast_cams(net, [m.block4], torch.rand(1, 3, 32, 32), "gradcam", fuse="median")
     with pytest.raises(CamError, match="engine='turbo'"):
-        cams.compute_heatmaps(m, net.norm, "small_cnn", np.zeros((1, 32, 32, 3), np.uint8), "scorecam", engine="turbo")
+        heatmap_cache.compute_heatmaps(m, net.norm, "small_cnn", np.zeros((1, 32, 32, 3), np.uint8), "scorecam", engine="turbo")
     with pytest.raises(CamError, match="layers must be among"):
         cams.many_cams(net, {"a": m.block4}, torch.rand(1, 3, 32, 32), [("gradcam", ("b",), "mean")])
 
@@ -82,7 +82,7 @@ def test_randomcam_is_reproducible_by_seed_and_leaves_numpy_alone():
     norm = train.Normalise([0.5] * 3, [0.25] * 3)
 
     def run(seed):
-        return cams.compute_heatmaps(m, norm, "small_cnn", imgs, "randomcam", "middle", batch_size=2, seed=seed,
+        return heatmap_cache.compute_heatmaps(m, norm, "small_cnn", imgs, "randomcam", "middle", batch_size=2, seed=seed,
                                      progress=False)[0]
 
     np.random.seed(123)
@@ -98,22 +98,22 @@ def test_cache_computes_once_and_recomputes_for_a_new_checkpoint(tmp_path):
     cfg = train.TrainConfig(epochs=1, batch_size=16, device="cpu")
     train.train_classifier(tr, va, cfg, tmp_path / "m", progress=False)
     ckpt = tmp_path / "m" / "best.pt"
-    h1 = cams.cached_heatmaps(tmp_path, ckpt, va.images, "val", "gradcam", "middle", progress=False)
+    h1 = heatmap_cache.cached_heatmaps(tmp_path, ckpt, va.images, "val", "gradcam", "middle", progress=False)
     assert h1.heatmap.dtype == np.float16 and h1.heatmap.shape == va.images.shape[:3]
     entry = next((tmp_path / "heatmaps").glob("small_cnn-*/gradcam__block3__mean__val"))
     mtime = (entry / "meta.json").stat().st_mtime_ns
-    h2 = cams.cached_heatmaps(tmp_path, ckpt, va.images, "val", "gradcam", "middle", progress=False)
+    h2 = heatmap_cache.cached_heatmaps(tmp_path, ckpt, va.images, "val", "gradcam", "middle", progress=False)
     assert (entry / "meta.json").stat().st_mtime_ns == mtime  # served from the cache
     assert np.array_equal(h1.heatmap, h2.heatmap)
     # the cache agrees with a direct computation (float16 rounding)
     model, norm, _ = train.load_classifier(ckpt)
-    direct, raw = cams.compute_heatmaps(model, norm, "small_cnn", va.images, "gradcam", "middle", progress=False)
+    direct, raw = heatmap_cache.compute_heatmaps(model, norm, "small_cnn", va.images, "gradcam", "middle", progress=False)
     assert np.abs(direct - h1.heatmap.astype(np.float32)).max() < 2e-3
     assert np.allclose(h1.raw_maps(), raw, atol=2e-3 * raw.max())
     # a new checkpoint (one more epoch) gets a new entry
     train.train_classifier(tr, va, train.TrainConfig(epochs=2, batch_size=16, device="cpu"), tmp_path / "m",
                            resume=False, progress=False)
-    cams.cached_heatmaps(tmp_path, ckpt, va.images, "val", "gradcam", "middle", progress=False)
+    heatmap_cache.cached_heatmaps(tmp_path, ckpt, va.images, "val", "gradcam", "middle", progress=False)
     assert len(list((tmp_path / "heatmaps").glob("small_cnn-*"))) == 2
     assert not list((tmp_path / "heatmaps").rglob(".gradcam*"))  # no temporary folders left
 
@@ -151,7 +151,7 @@ def test_one_pass_gives_every_map_as_the_single_method_path_and_the_library(arch
         targets = [modules[n] for n in layers]
         h1, r1, _ = cams.fast_cams(net, targets, x, mth, fuse, seed=5, offset=2)
         assert torch.allclose(heat, h1, atol=1e-5) and torch.allclose(raw, r1, rtol=1e-4, atol=1e-6), (mth, layers, fuse)
-        with cams._numpy_seeded(5, 2):  # RandomCAM: the library's draws under the same seed
+        with heatmap_cache._numpy_seeded(5, 2):  # RandomCAM: the library's draws under the same seed
             h_lib, r_lib = cams.library_cams(net, targets, x, mth, fuse)
         tol = 1e-3 if mth == "eigencam" else 1e-4
         assert np.abs(heat.numpy() - h_lib).max() <= tol, (mth, layers, fuse)
@@ -201,20 +201,20 @@ def test_eigencam_on_trained_activations_equals_the_library(tmp_path):
     model, norm, _ = train.load_classifier(ckpt)
     imgs = ds.split("val").images[:24]
     for layer in ("early", "middle", "last"):
-        fast = cams.compute_heatmaps(model, norm, "small_cnn", imgs, "eigencam", layer, progress=False)
-        lib = cams.compute_heatmaps(model, norm, "small_cnn", imgs, "eigencam", layer, engine="library", progress=False)
+        fast = heatmap_cache.compute_heatmaps(model, norm, "small_cnn", imgs, "eigencam", layer, progress=False)
+        lib = heatmap_cache.compute_heatmaps(model, norm, "small_cnn", imgs, "eigencam", layer, engine="library", progress=False)
         assert np.abs(fast[0] - lib[0]).max() <= 1e-3, layer
 
 
 def test_compute_many_fills_every_key_as_compute_heatmaps(tmp_path):
     m, net = _net("small_cnn", seed=1)
     imgs = np.random.default_rng(1).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
-    got = cams.compute_many(m, net.norm, "small_cnn", imgs, ["gradcam", "layercam", "random"], ["middle", "middle+last"],
+    got = heatmap_cache.compute_many(m, net.norm, "small_cnn", imgs, ["gradcam", "layercam", "random"], ["middle", "middle+last"],
                             ["mean", "max"], batch_size=2, seed=3, progress=False)
     assert set(got) == {(a, b, c) for a in ("gradcam", "layercam", "random") for b in ("middle", "middle+last")
                         for c in ("mean", "max")}
     for (mth, layers, fuse), (heat, raw) in got.items():
-        h1, r1 = cams.compute_heatmaps(m, net.norm, "small_cnn", imgs, mth, layers, fuse, batch_size=2, seed=3,
+        h1, r1 = heatmap_cache.compute_heatmaps(m, net.norm, "small_cnn", imgs, mth, layers, fuse, batch_size=2, seed=3,
                                        progress=False)
         assert np.allclose(heat, h1, atol=1e-5) and np.allclose(raw, r1, rtol=1e-4, atol=1e-6), (mth, layers, fuse)
 
@@ -229,17 +229,17 @@ def test_cache_fills_several_methods_in_one_sweep_and_serves_them_singly(tmp_pat
     calls, hook = _count_calls(model)
     loads = []
     try:
-        got = cams.cached_heatmaps_many(tmp_path, ckpt, va.images, "val", ["gradcam", "hirescam", "random"],
+        got = heatmap_cache.cached_heatmaps_many(tmp_path, ckpt, va.images, "val", ["gradcam", "hirescam", "random"],
                                         ["middle", "last"], batch_size=64, progress=False,
                                         loader=lambda: loads.append(1) or (model, norm, meta))
     finally:
         hook.remove()
     assert len(loads) == 1 and len(calls) == -(-len(va) // 64)  # one forward pass per batch for 4 CAM entries
     assert len(list((tmp_path / "heatmaps").glob("small_cnn-*/*"))) == 5  # random: one entry for both layers
-    one = cams.cached_heatmaps(tmp_path, ckpt, va.images, "val", "hirescam", "last", progress=False,
+    one = heatmap_cache.cached_heatmaps(tmp_path, ckpt, va.images, "val", "hirescam", "last", progress=False,
                                loader=lambda: pytest.fail("served from the cache, no model needed"))
     assert np.array_equal(one.heatmap, got[("hirescam", "last", "mean")].heatmap)
-    direct = cams.compute_heatmaps(model, norm, "small_cnn", va.images, "hirescam", "last", progress=False)[0]
+    direct = heatmap_cache.compute_heatmaps(model, norm, "small_cnn", va.images, "hirescam", "last", progress=False)[0]
     assert np.abs(direct - one.heatmap.astype(np.float32)).max() < 2e-3
 
 
@@ -247,11 +247,11 @@ def test_cache_fills_several_methods_in_one_sweep_and_serves_them_singly(tmp_pat
 def test_cache_is_keyed_by_the_seed(tmp_path, method):
     ds, ckpt = _trained(tmp_path)
     va = ds.split("val")
-    a = cams.cached_heatmaps(tmp_path, ckpt, va.images, "val", method, "middle", seed=0, progress=False)
-    b = cams.cached_heatmaps(tmp_path, ckpt, va.images, "val", method, "middle", seed=1, progress=False)
+    a = heatmap_cache.cached_heatmaps(tmp_path, ckpt, va.images, "val", method, "middle", seed=0, progress=False)
+    b = heatmap_cache.cached_heatmaps(tmp_path, ckpt, va.images, "val", method, "middle", seed=1, progress=False)
     assert not np.allclose(np.asarray(a.heatmap, np.float32), np.asarray(b.heatmap, np.float32), atol=1e-2)
     model, norm, _ = train.load_classifier(ckpt)
-    direct = cams.compute_heatmaps(model, norm, "small_cnn", va.images, method, "middle", seed=1, progress=False)[0]
+    direct = heatmap_cache.compute_heatmaps(model, norm, "small_cnn", va.images, method, "middle", seed=1, progress=False)[0]
     assert np.abs(direct - b.heatmap.astype(np.float32)).max() < 2e-3
     assert b.meta["seed"] == 1
 
@@ -260,9 +260,9 @@ def test_cache_is_keyed_by_the_images_content(tmp_path):
     ds, ckpt = _trained(tmp_path)
     va = ds.split("val")
     other = np.ascontiguousarray(va.images[::-1])  # another cohort: same count, size and split name
-    a = cams.cached_heatmaps(tmp_path, ckpt, va.images, "val", "gradcam", "middle", progress=False)
+    a = heatmap_cache.cached_heatmaps(tmp_path, ckpt, va.images, "val", "gradcam", "middle", progress=False)
     a = np.asarray(a.heatmap, np.float32)
-    b = cams.cached_heatmaps(tmp_path, ckpt, other, "val", "gradcam", "middle", progress=False)
+    b = heatmap_cache.cached_heatmaps(tmp_path, ckpt, other, "val", "gradcam", "middle", progress=False)
     assert np.abs(np.asarray(b.heatmap, np.float32) - a[::-1]).max() < 2e-3  # its own maps, not the first cohort's
     assert arrays_digest(va.images) != arrays_digest(other)
     assert arrays_digest(va.images) == arrays_digest(np.array(va.images), chunk_bytes=1000)

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from camseg_utils import readme_tables
+from camseg_utils import metrics, readme_tables
 from camseg_utils.readme_tables import ReadmeError
 
 from .conftest import REPO
@@ -30,9 +30,10 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     with contextlib.redirect_stdout(out):
         exec(compile(blocks[0], "README.md (python example)", "exec"), namespace)
     assert out.getvalue().startswith("mean-Dice ")
-    pred, masks, scores = namespace["pred"], namespace["masks"], namespace["scores"]
-    assert pred.dtype == bool and pred.shape == masks.shape
-    assert 0.0 <= scores["mean_dice"] <= 1.0 and 0.0 <= scores["patient_dice"] <= 1.0
+    pred, truth, scores = namespace["pred"], namespace["truth"], namespace["scores"]
+    assert pred.dtype == bool and pred.shape == truth.shape and pred.any()
+    # the printed score is the Dice of the masks it made, against the ground truth it was given
+    assert scores["mean_dice"] == pytest.approx(metrics.mean_dice(pred, truth))
     assert not list(tmp_path.iterdir())
 
 
