@@ -15,8 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cams import Heatmaps, check_pair, minmax
+from .cams import check_pair, minmax
 from .device import as_device
+from .heatmap_cache import Heatmaps
 from .morphology import SegmentError
 
 GUIDE_CHANNEL = 1  # pre-contrast, FLAIR, post-contrast; -1: the mean of the channels

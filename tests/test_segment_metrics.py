@@ -282,7 +282,7 @@ def _blurred_disks(n=6, size=40, seed=0):
 
 
 def test_refine_redraws_a_coarse_heatmap_along_the_image_edges():
-    from camseg_utils.cams import Heatmaps
+    from camseg_utils.heatmap_cache import Heatmaps
 
     images, gt, heat = _blurred_disks()
     peak = heat.reshape(len(heat), -1).max(1)
@@ -323,7 +323,7 @@ def test_refine_redraws_a_coarse_heatmap_along_the_image_edges():
 
 
 def test_sweep_settings_covers_radii_and_scales_and_picks_per_refinement():
-    from camseg_utils.cams import Heatmaps
+    from camseg_utils.heatmap_cache import Heatmaps
 
     images, gt, heat = _blurred_disks(n=8, seed=1)
     peak = heat.reshape(len(heat), -1).max(1)
