@@ -182,16 +182,15 @@ def dice_table(metrics: dict[str, dict], run_dir: Path) -> str:
 def retrain_table(metrics: dict[str, dict], run_dir: Path) -> str:
     """Notebook 06: re-trained test ROC AUC (mean ± sd over seeds) per heatmap and filter."""
     m = _stage(metrics, "06_filtered_retrain", run_dir)
-    rows = next((r for r in (m.get("tables") or {}).values()
-                 if r and {"heatmap", "filter", "k"} <= set(r[0])), None)
+    rows = [r for r in m.get("results") or [] if isinstance(r, dict) and {"heatmap", "filter", "k", "auc"} <= set(r)]
     if not rows:
-        raise ReadmeError(f"{run_dir / 'metrics/06_filtered_retrain.json'} has no table with heatmap, filter and k")
-    mean = next(k for k in ("auc_mean", "auc") if k in rows[0])
+        raise ReadmeError(f"{run_dir / 'metrics/06_filtered_retrain.json'} has no results with heatmap, filter, k and auc")
+    mean = "auc"
     order = {"none": 0, "keep": 1, "remove": 2, "keep_hot": 3, "keep_dark": 4}
     ranked = sorted(rows, key=lambda r: (order.get(r["filter"], 5), float(r.get("k") or 0)))
     cols = list(dict.fromkeys(_condition(r) for r in ranked))
     heatmaps = list(dict.fromkeys(r["heatmap"] for r in rows))
-    cell = {(r["heatmap"], _condition(r)): _num(r[mean]) + (f" ± {_num(r['auc_std'])}" if "auc_std" in r else "")
+    cell = {(r["heatmap"], _condition(r)): _num(r[mean]) + (f" ± {_num(r['auc_sd'])}" if "auc_sd" in r else "")
             for r in rows}
     body = [[h + (" (control)" if h == "random" else "")] + [cell.get((h, c), "") for c in cols] for h in heatmaps]
     seeds = rows[0].get("seeds")
@@ -201,7 +200,8 @@ def retrain_table(metrics: dict[str, dict], run_dir: Path) -> str:
         lines.append(f"The original classifier on unfiltered images: test ROC AUC {_num(m['unfiltered_auc'])}.")
     verdicts = m.get("verdicts")
     if isinstance(verdicts, list):
-        lines += [f"- {v}" if isinstance(v, str) else f"- {v.get('claim', '')}: {v.get('verdict', '')}" for v in verdicts]
+        lines += [f"- {v}" if isinstance(v, str) else f"- {v.get('heatmap', '')}, {v.get('claim', '')}: {v.get('verdict', '')}"
+                  for v in verdicts if isinstance(v, str) or v.get("test", "overall") == "overall"]
     elif isinstance(verdicts, dict):
         lines += [f"- {k}: {v}" for k, v in verdicts.items()]
     lines.append(source_line(run_dir, m, "06_filtered_retrain", metrics))
@@ -210,7 +210,8 @@ def retrain_table(metrics: dict[str, dict], run_dir: Path) -> str:
 
 def _condition(r: dict) -> str:
     f, k = r["filter"], float(r.get("k") or 0)
-    return {"keep": f"hottest {k:g} % kept", "remove": f"hottest {k:g} % removed", "keep_hot": "soft keep-hot",
+    fill = " (imputed)" if r.get("imputation") not in (None, "", "-", "mean") else ""
+    return {"keep": f"hottest {k:g} % kept{fill}", "remove": f"hottest {k:g} % removed{fill}", "keep_hot": "soft keep-hot",
             "keep_dark": "soft keep-dark", "none": "unfiltered"}.get(f, f"{f} {k:g}")
 
 
