@@ -58,8 +58,8 @@ def check_out_dir(out_dir: Path, data_root: Path) -> None:
         raise RunError(f"--out {out_dir} already holds files that no evaluation wrote; choose an empty or new folder")
 
 
-def check_classifier(run_dir: Path, chosen: dict, ckpt_path: Path) -> None:
-    """The classifier must be the one notebook 05 chose its settings on."""
+def check_classifier(run_dir: Path, chosen: dict, ckpt_path: Path) -> str:
+    """The classifier must be the one notebook 05 chose its settings on; returns its sha256."""
     want = chosen.get("classifier_sha256")
     have = file_sha256(ckpt_path)
     if want != have:
@@ -67,6 +67,7 @@ def check_classifier(run_dir: Path, chosen: dict, ckpt_path: Path) -> None:
                else f"{ckpt_path} (sha256 {have[:12]}) is not the classifier 05 chose on ({want[:12]})")
         raise RunError(f"{why}: the CAM settings may not fit it. Re-run notebook 05 on this run: python -m "
                        f"camseg_utils.pipeline --preset NAME --run-dir {run_dir} --from 05_dice")
+    return have
 
 
 def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | None = None,
@@ -87,7 +88,7 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
     ckpt_path = run_dir / "models" / arch / "best.pt"
     out_dir = Path(out_dir or run_dir / "external" / data_root.name)
     check_out_dir(out_dir, data_root)
-    check_classifier(run_dir, chosen, ckpt_path)
+    classifier_sha256 = check_classifier(run_dir, chosen, ckpt_path)
     dev = train.resolve_device(device)
     model, norm, ckpt = train.load_classifier(ckpt_path, device=dev)
     size = int(ckpt["image_size"])
@@ -132,7 +133,7 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
                                                                       "guided_eps", "guide_channel") if k in best},
               "unet_volume_cleanup": unet_cleanup, "skipped": ds.skipped,
               "notes": {str(k): int(v) for k, v in m["notes"][m["notes"] != ""].value_counts().items()},
-              "classifier_sha256": file_sha256(ckpt_path), "provenance": provenance(data={
+              "classifier_sha256": classifier_sha256, "provenance": provenance(data={
                   "data": data_fingerprint(data_root)})}
     if has.any():
         gt, pats = np.asarray(ds.masks)[has], m.patient.to_numpy()[has]
