@@ -212,15 +212,15 @@ def run(
     if not stages:
         raise PipelineError(f"no notebooks found in {nb_dir} (expected {STAGES[0]}.ipynb ...)")
     check_range(stages, start, stop)
-    declared = {s: notebook_parameters(nb_dir / f"{s}.ipynb") for s in stages}
-    validate(preset, overrides, declared)
     run_dir = Path(run_dir or Path.cwd() / "runs" / preset["name"]).resolve()
     figures_dir = Path(figures_dir or Path.cwd() / "figures" / preset["name"]).resolve()
-    if run_dir.exists() and not run_dir.is_dir():
-        raise PipelineError(f"--run-dir {run_dir} is a file; expected a folder")
     if (run_dir / "seeds.json").is_file():
         raise PipelineError(f"--run-dir {run_dir} holds a multi-seed run: add its --seeds, or give one seed's "
                             f"folder ({run_dir}/seed-<S>) with the seed folder's overrides (seeds.json)")
+    declared = {s: notebook_parameters(nb_dir / f"{s}.ipynb") for s in stages}
+    validate(preset, overrides, declared)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PipelineError(f"--run-dir {run_dir} is a file; expected a folder")
     if stop:
         stages = stages[: stages.index(stop) + 1]
     params_of = {s: stage_parameters(preset, s, overrides, declared[s], run_dir, figures_dir) for s in stages}

@@ -355,20 +355,20 @@ def run_seeds(
     nb_dir = Path(notebook_dir) if notebook_dir else default_notebook_dir()
     stages = [s for s in STAGES if (nb_dir / f"{s}.ipynb").exists()]
     pipeline.check_range(stages, start, stop)
-    declared = {s: notebook_parameters(nb_dir / f"{s}.ipynb") for s in stages}
-    validate(preset, overrides, declared)
     data_stage = stages[0]
     for stage in stages[1:]:
         if f"{stage}.seed" in overrides:
             raise PipelineError(f"-p {stage}.seed: --seeds sets the seed of every stage after {data_stage}; "
                                 f"drop -p {stage}.seed")
-    per_seed = {s: {**overrides, **seed_overrides(s, stages, declared, preset, overrides)} for s in seeds}
     default = f"{preset['name']}-seeds"
     run_dir = Path(run_dir or Path.cwd() / "runs" / default).resolve()
     figures_dir = Path(figures_dir or Path.cwd() / "figures" / default).resolve()
     if (run_dir / "stages").is_dir():
         raise PipelineError(f"--run-dir {run_dir} holds a single run (stages/); give the multi-seed run another "
                             f"--run-dir (default runs/{default})")
+    declared = {s: notebook_parameters(nb_dir / f"{s}.ipynb") for s in stages}
+    validate(preset, overrides, declared)
+    per_seed = {s: {**overrides, **seed_overrides(s, stages, declared, preset, overrides)} for s in seeds}
     redo_data = force or start == data_stage
     after_data = stop != data_stage and len(stages) > 1
     seed_start = stages[1] if redo_data and after_data else start

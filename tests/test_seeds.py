@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from camseg_utils import pipeline, seeds
+from camseg_utils import cli, pipeline, seeds
 from camseg_utils.io import file_sha256, write_json
 
 THREADS = max(1, seeds.cores() // 2)  # what --jobs 2 gives each seed: the one-by-one run uses the same
@@ -147,6 +147,8 @@ def test_bad_seed_options(tmp_path, capsys, monkeypatch):
     assert "give --seeds too" in err("--jobs", "2")
     assert "give --seeds too" in err("--dask", "local")
     assert "given twice" in err("--seeds", "1", "1")
+    assert cli.main(["run", "--preset", "smoke", "--seeds", "1", "1"]) == 1  # the console script takes the same
+    assert "given twice" in capsys.readouterr().err
     assert "non-negative" in err("--seeds", "0", "-1")
     assert "--jobs 0: expected a positive integer" in err("--seeds", "0", "--jobs", "0")
     assert "drop -p 02_train.seed" in err("--seeds", "0", "1", "-p", "02_train.seed=3")
