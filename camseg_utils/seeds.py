@@ -16,9 +16,10 @@ a seed moves them. A multi-seed run folder (default ``runs/<preset>-seeds``) hol
 
 Seed S sets ``seed`` of every stage after 01 that declares one (classifier initialisation, epoch order
 and augmentation, the random heatmaps, the U-Net, the bootstrap) and moves a stage's re-training seeds
-``seeds`` (06) to a block of their own, ``[b + S * (max - min + 1) for b in seeds]``: seed 0 repeats
-the single run with seed 0 and no two study seeds share a re-training. ``-p NN_stage.seed`` for a stage
-after 01 is refused (the seed folder sets it); ``-p seed=N`` or ``-p 01_data.seed=N`` set the data's.
+``seeds`` (06) to a block of their own, ``[b + S * (max - min + 1) for b in seeds]``, so no two study
+seeds share a re-training; with a preset whose seed is 0 (all shipped ones), folder seed-0 repeats the
+single run at the same thread count. ``-p NN_stage.seed`` for a stage after 01 is refused (the seed
+folder sets it); ``-p seed=N`` or ``-p 01_data.seed=N`` set the data's.
 
 Each seed folder resumes as a single run does; ``--force`` re-runs 01 in shared/ and every later stage
 in every seed folder; ``--from``, ``--to`` and ``-p`` act as for one run. Seed runs are independent:
@@ -29,9 +30,9 @@ seed up to the core count), ``--dask ADDRESS`` on the workers of a running Dask 
 see the run folder at the same path and have camseg installed; there a kernel gets its machine's cores
 // the worker's threads. Dask is the optional extra ``camseg[cluster]``.
 
-On a CPU, torch splits sums across threads, so a classifier trained with 1 thread and with 2 differs in
-its last digits and the differences grow over epochs. Runs side by side therefore match runs one by
-one made with the same thread count: ``--threads T`` sets it for every mode (default: unchanged one by
+On a CPU, torch splits sums across threads, so the same training with 1 and with 2 threads ends in
+different weights (the smoke preset's classifier: test probabilities differ from the fourth decimal).
+Runs side by side therefore match runs one by one made with the same thread count: ``--threads T`` sets it for every mode (default: unchanged one by
 one, cores // N side by side); each metrics file's provenance records it (machine.torch_threads).
 """
 
