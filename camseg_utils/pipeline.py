@@ -24,6 +24,10 @@ are, so a copy of a run folder resumes as the original would.
 A run folder is locked while a pipeline works in it. Every metrics file is stamped with the
 run's provenance (commit, source hash, data fingerprint, preset and overrides, seeds, library
 versions, machine); ``provenance.json`` holds the same.
+
+``--seeds 0 1 2`` runs the study once per training seed, one run folder each, sharing the data
+stage, and writes the numbers' mean ± sd over seeds (``--jobs N`` / ``--dask ADDRESS|local`` run
+the seeds side by side): see :mod:`camseg_utils.seeds`.
 """
 
 from __future__ import annotations
@@ -191,10 +195,13 @@ def run(
     progress: bool = True,
     notebook_dir: str | Path | None = None,
     dry_run: bool = False,
+    shared_stages: tuple[str, ...] = (),
 ):
     """Run (or resume) a preset; returns the run folder. Raises PipelineError on bad input or a failing notebook.
 
     ``dry_run``: run nothing, print and return the plan, a list of (stage, 'run' or 'skip', why).
+    ``shared_stages``: stages whose outputs were linked in from another run folder (a multi-seed
+    run's data stage): never run here; one that is not up to date is an error.
     """
     import papermill
 
@@ -204,15 +211,14 @@ def run(
     stages = [s for s in STAGES if (nb_dir / f"{s}.ipynb").exists()]
     if not stages:
         raise PipelineError(f"no notebooks found in {nb_dir} (expected {STAGES[0]}.ipynb ...)")
-    for name, what in ((start, "--from"), (stop, "--to")):
-        if name is not None and name not in stages:
-            raise PipelineError(f"{what} {name!r}: expected one of {stages}{_suggest(name, stages)}")
-    if start and stop and stages.index(start) > stages.index(stop):
-        raise PipelineError(f"--from {start} comes after --to {stop}: nothing to run")
-    declared = {s: notebook_parameters(nb_dir / f"{s}.ipynb") for s in stages}
-    validate(preset, overrides, declared)
+    check_range(stages, start, stop)
     run_dir = Path(run_dir or Path.cwd() / "runs" / preset["name"]).resolve()
     figures_dir = Path(figures_dir or Path.cwd() / "figures" / preset["name"]).resolve()
+    if (run_dir / "seeds.json").is_file():
+        raise PipelineError(f"--run-dir {run_dir} holds a multi-seed run: add its --seeds, or give one seed's "
+                            f"folder ({run_dir}/seed-<S>) with the seed folder's overrides (seeds.json)")
+    declared = {s: notebook_parameters(nb_dir / f"{s}.ipynb") for s in stages}
+    validate(preset, overrides, declared)
     if run_dir.exists() and not run_dir.is_dir():
         raise PipelineError(f"--run-dir {run_dir} is a file; expected a folder")
     if stop:
@@ -222,17 +228,26 @@ def run(
         check_data(s, params_of[s])
     if dry_run:
         return _run_stages(preset, overrides, stages, declared, params_of, nb_dir, run_dir, figures_dir, force, start,
-                           progress, papermill, dry_run)
+                           progress, papermill, dry_run, shared_stages)
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     (run_dir / "stages").mkdir(exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
     with locked(run_dir):
         return _run_stages(preset, overrides, stages, declared, params_of, nb_dir, run_dir, figures_dir, force, start,
-                           progress, papermill, dry_run)
+                           progress, papermill, dry_run, shared_stages)
+
+
+def check_range(stages: list[str], start: str | None, stop: str | None) -> None:
+    """--from and --to name stages, in that order."""
+    for name, what in ((start, "--from"), (stop, "--to")):
+        if name is not None and name not in stages:
+            raise PipelineError(f"{what} {name!r}: expected one of {stages}{_suggest(name, stages)}")
+    if start and stop and stages.index(start) > stages.index(stop):
+        raise PipelineError(f"--from {start} comes after --to {stop}: nothing to run")
 
 
 def _run_stages(preset, overrides, stages, declared, params_of, nb_dir, run_dir, figures_dir, force, start, progress,
-                papermill, dry_run=False):
+                papermill, dry_run=False, shared_stages=()):
     previous = ""
     forced = "--force" if force else ""
     plan: list[tuple[str, str, str]] = []
@@ -257,6 +272,9 @@ def _run_stages(preset, overrides, stages, declared, params_of, nb_dir, run_dir,
             previous = key
             continue
         plan.append((stage, "run", why))
+        if stage in shared_stages and not dry_run:
+            raise PipelineError(f"[{stage}] is shared from another run folder but is not up to date in {run_dir} "
+                                f"({why}); it is never run here")
         if dry_run:
             print(f"[{stage}] would run: {why}", flush=True)
             previous, forced = key, forced or "an upstream stage runs"
@@ -314,10 +332,31 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--figures-dir", help="figures folder (default ./figures/<preset>)")
     ap.add_argument("--notebooks", help="folder of the numbered notebooks (default: the ones shipped with camseg)")
     ap.add_argument("--dry-run", action="store_true", help="say which stages would run and why; run nothing")
+    ap.add_argument("--seeds", nargs="+", type=int, metavar="S",
+                    help="run the study once per training seed, in RUN_DIR/seed-S (default run folder "
+                         "./runs/<preset>-seeds), and write the numbers' mean ± sd over seeds (aggregate.md)")
+    ap.add_argument("--jobs", type=int, metavar="N", help="with --seeds: run N seeds at once, sharing the cores out")
+    ap.add_argument("--threads", type=int, metavar="T",
+                    help="with --seeds: torch threads of each seed's notebooks (default: as they are one by one, "
+                         "cores // N with --jobs N); CPU numbers depend on it")
+    ap.add_argument("--dask", metavar="ADDRESS",
+                    help="with --seeds: run the seeds on a Dask scheduler at ADDRESS, or 'local' for a LocalCluster "
+                         "of --jobs workers (needs the extra camseg[cluster])")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     try:
+        if args.seeds is not None:
+            from .seeds import run_seeds
+
+            run_seeds(args.preset, args.seeds, parse_overrides(args.param), args.force, args.start, args.stop,
+                      args.run_dir, args.figures_dir, notebook_dir=args.notebooks, dry_run=args.dry_run,
+                      jobs=args.jobs, dask=args.dask, threads=args.threads)
+            return 0
+        alone = [f for f, v in (("--jobs", args.jobs), ("--dask", args.dask), ("--threads", args.threads)) if v is not None]
+        if alone:
+            raise PipelineError(f"{alone[0]} acts on the seed folders of a multi-seed run: give --seeds too "
+                                f"(e.g. --seeds 0 1 2)")
         run(args.preset, parse_overrides(args.param), args.force, args.start, args.stop, args.run_dir,
             args.figures_dir, notebook_dir=args.notebooks, dry_run=args.dry_run)
     except PipelineError as e:

@@ -1,0 +1,413 @@
+"""One study over several training seeds: the pipeline's ``--seeds``, ``--jobs`` and ``--dask``.
+
+    python -m camseg_utils.pipeline --preset smoke --seeds 0 1 2 [--jobs 3 | --dask local | --dask HOST:8786]
+
+A single run's numbers come from one training seed; the same study over several seeds says how far
+a seed moves them. A multi-seed run folder (default ``runs/<preset>-seeds``) holds:
+
+    shared/         the data stage (01), run once with the preset's seed, so that every seed sees the
+                    same data and the same patient split
+    seed-<S>/       a complete run folder per seed: 01's outputs, executed notebook and stage record
+                    hard-linked from shared/ (copied where a link is impossible), so its pipeline finds
+                    01 done and up to date under the usual stage keys; every later stage runs here
+    seeds.json      the seeds and each seed folder's overrides
+    aggregate.json  the headline numbers as mean ± sd over seeds beside each seed's value
+    aggregate.md    (camseg_utils.aggregate; rewritten after every run, also when a seed failed)
+
+Seed S sets ``seed`` of every stage after 01 that declares one (classifier initialisation, epoch order
+and augmentation, the random heatmaps, the U-Net, the bootstrap) and moves a stage's re-training seeds
+``seeds`` (06) to a block of their own, ``[b + S * (max - min + 1) for b in seeds]``, so no two study
+seeds share a re-training; with a preset whose seed is 0 (all shipped ones), folder seed-0 repeats the
+single run at the same thread count. ``-p NN_stage.seed`` for a stage after 01 is refused (the seed
+folder sets it); ``-p seed=N`` or ``-p 01_data.seed=N`` set the data's.
+
+Each seed folder resumes as a single run does; ``--force`` re-runs 01 in shared/ and every later stage
+in every seed folder; ``--from``, ``--to`` and ``-p`` act as for one run. Seed runs are independent:
+``--jobs N`` runs them in N worker processes on this machine, each notebook kernel with cores // N
+threads (OMP_NUM_THREADS, MKL_NUM_THREADS and OPENBLAS_NUM_THREADS, set before the kernel starts).
+``--dask local`` runs them on a Dask LocalCluster of N worker processes (``--jobs``, default one per
+seed up to the core count), ``--dask ADDRESS`` on the workers of a running Dask scheduler, which must
+see the run folder at the same path and have camseg installed; there a kernel gets its machine's cores
+// the worker's threads. Dask is the optional extra ``camseg[cluster]``.
+
+On a CPU, torch splits sums across threads, so the same training with 1 and with 2 threads ends in
+different weights (the smoke preset's classifier: test probabilities differ from the fourth decimal).
+Runs side by side therefore match runs one by one made with the same thread count: ``--threads T`` sets it for every mode (default: unchanged one by
+one, cores // N side by side); each metrics file's provenance records it (machine.torch_threads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from . import pipeline
+from .aggregate import seed_folder, write_aggregate
+from .io import write_json
+from .params import (
+    STAGES,
+    PipelineError,
+    default_notebook_dir,
+    load_preset,
+    notebook_parameters,
+    stage_parameters,
+    validate,
+)
+
+SHARED = "shared"
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+CLUSTER_HELP = "pip install 'camseg[cluster]' (or pip install 'dask[distributed]')"
+
+
+# ----------------------------------------------------------------------------- seeds and parameters
+
+
+def check_seeds(seeds: Iterable) -> list[int]:
+    out = []
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise PipelineError(f"--seeds {s!r}: expected non-negative integers, e.g. --seeds 0 1 2")
+        if s in out:
+            raise PipelineError(f"--seeds: {s} is given twice")
+        out.append(s)
+    if not out:
+        raise PipelineError("--seeds: give at least one seed, e.g. --seeds 0 1 2")
+    return out
+
+
+def shifted(base: list[int], seed: int, where: str = "seeds") -> list[int]:
+    """Re-training seeds of study seed ``seed``: ``base`` moved by seed x its span (disjoint blocks per seed)."""
+    if not isinstance(base, list) or not base or not all(isinstance(b, int) and not isinstance(b, bool) for b in base):
+        raise PipelineError(f"{where}={base!r}: expected a non-empty list of integers")
+    return [b + seed * (max(base) - min(base) + 1) for b in base]
+
+
+def seed_overrides(seed: int, stages: list[str], declared: dict[str, dict], preset: dict, overrides: dict) -> dict:
+    """The ``-p NN_stage.key`` overrides that make a run study seed ``seed`` (every stage after the data stage)."""
+    out: dict[str, Any] = {}
+    for stage in stages[1:]:
+        if "seed" in declared[stage]:
+            out[f"{stage}.seed"] = seed
+        if "seeds" in declared[stage]:
+            params = stage_parameters(preset, stage, overrides, declared[stage], Path("."), Path("."))
+            out[f"{stage}.seeds"] = shifted(params.get("seeds", declared[stage]["seeds"]), seed, f"{stage}.seeds")
+    return out
+
+
+# ----------------------------------------------------------------------------- sharing the data stage
+
+
+def _link(src: Path, dst: Path) -> None:
+    """dst becomes a hard link to src (a copy across file systems), replaced atomically."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.link")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def share_stage(src: str | Path, dst: str | Path, stage: str) -> bool:
+    """Give run folder ``dst`` the finished ``stage`` of ``src``: its outputs, executed notebook and record.
+
+    The record is the same, so ``dst``'s pipeline finds the stage up to date (same key, same output
+    bytes) and keys the next stage on it. Returns False when ``dst`` already held exactly this.
+    Files are written before the record, so an interrupted share leaves no record and is redone.
+    """
+    src, dst = Path(src), Path(dst)
+    rec = pipeline._read_record(src / "stages" / f"{stage}.json")
+    if rec is None or rec.get("status") != "done":
+        raise PipelineError(f"{src} has no finished {stage} to share (stages/{stage}.json)")
+    record_path, nb = Path("stages") / f"{stage}.json", Path("notebooks") / f"{stage}.ipynb"
+    old = pipeline._read_record(dst / record_path)
+    outputs = rec.get("outputs", {})
+    if old == rec and (dst / nb).is_file() and not pipeline.changed_outputs(dst, outputs):
+        return False
+    (dst / record_path).unlink(missing_ok=True)
+    for rel in (old or {}).get("outputs", {}):  # a previous data stage's files that this one did not write
+        if rel not in outputs:
+            (dst / rel).unlink(missing_ok=True)
+    for rel in list(outputs) + [str(nb)]:
+        _link(src / rel, dst / rel)
+    write_json(dst / record_path, rec)
+    return True
+
+
+def _share_figures(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        for f in src.iterdir():
+            if f.is_file() and not f.name.startswith("."):
+                _link(f, dst / f.name)
+
+
+# ----------------------------------------------------------------------------- one seed's run
+
+
+class _Prefixed:
+    """A text stream that starts every line with a label (seed runs printing side by side)."""
+
+    def __init__(self, stream, label: str):
+        self.stream, self.label, self.fresh = stream, label, True
+
+    def write(self, text: str) -> int:
+        out = []
+        for part in text.splitlines(keepends=True):
+            out.append((self.label if self.fresh else "") + part)
+            self.fresh = part.endswith("\n")
+        self.stream.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):  # isatty, encoding, fileno ...: the stream's own
+        return getattr(self.stream, name)
+
+
+def _threads_on_dask_worker() -> int:
+    from distributed import get_worker
+
+    return max(1, cores() // max(1, get_worker().state.nthreads))
+
+
+def cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int) -> Iterator[None]:
+    """Kernels started inside get ``threads`` torch/BLAS threads (0: as they are); restored afterwards."""
+    if not threads:
+        yield
+        return
+    import torch
+
+    saved, before = {v: os.environ.get(v) for v in THREAD_VARS}, torch.get_num_threads()
+    os.environ.update({v: str(threads) for v in THREAD_VARS})
+    torch.set_num_threads(threads)  # this process's count is the one the provenance record reads
+    try:
+        yield
+    finally:
+        for v, old in saved.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
+        torch.set_num_threads(before)
+
+
+def run_seed(task: dict, threads: int | None = 0, label: str | None = None) -> str | None:
+    """Give one seed folder the shared data stage, then run its pipeline.
+
+    ``task``: ``run`` (keyword arguments of :func:`pipeline.run`), ``shared`` and ``shared_figures``
+    (the data stage's run and figures folders), ``stage`` (the data stage), ``after`` (False: share
+    only). ``threads``: torch/BLAS threads of its notebook kernels, set in the environment the kernels
+    inherit; 0 leaves them as they are; None: this Dask worker's machine's cores // its threads.
+    Returns None on success, else the pipeline's error message (other errors propagate).
+    """
+    if threads is None:
+        threads = _threads_on_dask_worker()
+    out = _Prefixed(sys.stdout, label) if label else sys.stdout
+    run = task["run"]
+    folder = Path(run["run_dir"])
+    try:
+        with pinned_threads(threads if task["after"] else 0), contextlib.redirect_stdout(out):
+            for sub in ("notebooks", "stages"):
+                (folder / sub).mkdir(parents=True, exist_ok=True)
+            with pipeline.locked(folder):
+                share_stage(task["shared"], folder, task["stage"])
+            _share_figures(Path(task["shared_figures"]), Path(run["figures_dir"]))
+            if task["after"]:
+                pipeline.run(**run)
+    except PipelineError as e:
+        return str(e)
+    return None
+
+
+def _executor_results(tasks: dict[int, dict], jobs: int | None, dask: str | None,
+                      threads: int | None) -> dict[int, str]:
+    """Run every seed's task; ``{seed: error}`` of those that failed."""
+    failures: dict[int, str] = {}
+    if dask:
+        return _dask_results(tasks, jobs, dask, threads)
+    if not jobs or jobs == 1:
+        for seed, task in tasks.items():
+            err = run_seed(task, threads or 0)
+            if err:
+                print(f"[seed {seed}] failed: {err}", flush=True)
+                failures[seed] = err
+        return failures
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    n = min(jobs, len(tasks))
+    threads = threads or max(1, cores() // n)
+    print(f"{len(tasks)} seed runs in {n} worker processes, {threads} threads each", flush=True)
+    with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
+        futures = {seed: pool.submit(run_seed, _quiet(task), threads, f"[seed {seed}] ")
+                   for seed, task in tasks.items()}
+        for seed, f in futures.items():
+            _collect(seed, f.result, failures)
+    return failures
+
+
+def _quiet(task: dict) -> dict:
+    """No progress bars from runs side by side."""
+    return dict(task, run=dict(task["run"], progress=False))
+
+
+def _collect(seed: int, result, failures: dict[int, str]) -> None:
+    try:
+        err = result()
+    except Exception as e:  # a worker that died, or a bug: the other seeds still finish
+        err = f"{type(e).__name__}: {e}"
+    if err:
+        print(f"[seed {seed}] failed: {err}", flush=True)
+        failures[seed] = err
+
+
+def require_dask() -> None:
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise PipelineError(f"--dask needs Dask's distributed scheduler, the optional extra 'cluster': {CLUSTER_HELP}") \
+            from None
+
+
+def _dask_results(tasks: dict[int, dict], jobs: int | None, address: str, threads: int | None) -> dict[int, str]:
+    require_dask()
+    from distributed import Client, LocalCluster
+
+    failures: dict[int, str] = {}
+    with contextlib.ExitStack() as stack:
+        if address == "local":
+            n = min(jobs, len(tasks)) if jobs else min(len(tasks), cores())
+            threads = threads or max(1, cores() // n)
+            cluster = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                       dashboard_address=None))
+            client = stack.enter_context(Client(cluster))
+            print(f"{len(tasks)} seed runs on a Dask LocalCluster of {n} workers, {threads} threads each", flush=True)
+        else:
+            try:
+                client = stack.enter_context(Client(address, timeout=30))
+            except (OSError, TimeoutError) as e:
+                raise PipelineError(f"--dask {address}: no Dask scheduler answered there ({e}); give its address "
+                                    f"(e.g. tcp://host:8786) or 'local'") from None
+            print(f"{len(tasks)} seed runs on the Dask scheduler at {address}", flush=True)
+        run_id = uuid.uuid4().hex[:8]
+        futures = {seed: client.submit(run_seed, _quiet(task), threads,
+                                       f"[seed {seed}] " if address == "local" else None,
+                                       key=f"camseg-seed-{seed}-{run_id}", pure=False)
+                   for seed, task in tasks.items()}
+        for seed, f in futures.items():
+            _collect(seed, f.result, failures)
+    return failures
+
+
+# ----------------------------------------------------------------------------- the multi-seed run
+
+
+def run_seeds(
+    preset_name: str,
+    seeds: Iterable[int],
+    overrides: dict | None = None,
+    force: bool = False,
+    start: str | None = None,
+    stop: str | None = None,
+    run_dir: str | Path | None = None,
+    figures_dir: str | Path | None = None,
+    progress: bool = True,
+    notebook_dir: str | Path | None = None,
+    dry_run: bool = False,
+    jobs: int | None = None,
+    dask: str | None = None,
+    threads: int | None = None,
+):
+    """Run (or resume) a preset once per seed; returns the run folder (with ``dry_run``: the plans).
+
+    Raises PipelineError on bad input, and after every seed has had its turn when one failed (the
+    aggregate then holds the seeds that got through).
+    """
+    seeds = check_seeds(seeds)
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise PipelineError(f"--jobs {jobs!r}: expected a positive integer")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise PipelineError(f"--threads {threads!r}: expected a positive integer")
+    if dask and jobs and dask != "local":
+        raise PipelineError(f"--jobs with --dask {dask}: the scheduler's workers decide how many seeds run at once; "
+                            f"--jobs counts the workers of --dask local only")
+    if dask:
+        require_dask()
+    preset = load_preset(preset_name)
+    overrides = dict(overrides or {})
+    nb_dir = Path(notebook_dir) if notebook_dir else default_notebook_dir()
+    stages = [s for s in STAGES if (nb_dir / f"{s}.ipynb").exists()]
+    pipeline.check_range(stages, start, stop)
+    data_stage = stages[0]
+    for stage in stages[1:]:
+        if f"{stage}.seed" in overrides:
+            raise PipelineError(f"-p {stage}.seed: --seeds sets the seed of every stage after {data_stage}; "
+                                f"drop -p {stage}.seed")
+    default = f"{preset['name']}-seeds"
+    run_dir = Path(run_dir or Path.cwd() / "runs" / default).resolve()
+    figures_dir = Path(figures_dir or Path.cwd() / "figures" / default).resolve()
+    if (run_dir / "stages").is_dir():
+        raise PipelineError(f"--run-dir {run_dir} holds a single run (stages/); give the multi-seed run another "
+                            f"--run-dir (default runs/{default})")
+    declared = {s: notebook_parameters(nb_dir / f"{s}.ipynb") for s in stages}
+    validate(preset, overrides, declared)
+    per_seed = {s: {**overrides, **seed_overrides(s, stages, declared, preset, overrides)} for s in seeds}
+    redo_data = force or start == data_stage
+    after_data = stop != data_stage and len(stages) > 1
+    seed_start = stages[1] if redo_data and after_data else start
+    shared = run_dir / SHARED
+    runs = {s: dict(preset_name=preset_name, overrides=per_seed[s], start=seed_start, stop=stop,
+                    run_dir=seed_folder(run_dir, s), figures_dir=figures_dir / f"seed-{s}", progress=progress,
+                    notebook_dir=notebook_dir, shared_stages=(data_stage,)) for s in seeds}
+    if dry_run:
+        plans = {SHARED: pipeline.run(preset_name, overrides, redo_data, None, data_stage, shared,
+                                      figures_dir / SHARED, progress, notebook_dir, dry_run=True)}
+        data_runs = plans[SHARED][0][1] == "run"
+        for s, task in runs.items():
+            if not after_data:
+                break
+            print(f"[seed {s}]", flush=True)
+            plan = pipeline.run(**dict(task, shared_stages=(), dry_run=True,
+                                       start=stages[1] if data_runs else seed_start))
+            plans[s] = [(data_stage, "shared", f"from {SHARED}/")] + plan[1:]
+        return plans
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with pipeline.locked(run_dir):
+        write_json(run_dir / "seeds.json", {"preset": preset["name"], "seeds": seeds, "overrides": overrides,
+                                            "seed_overrides": {str(s): per_seed[s] for s in seeds},
+                                            "shared_stage": data_stage})
+        print(f"[{SHARED}] {data_stage} for every seed, in {shared}", flush=True)
+        pipeline.run(preset_name, overrides, redo_data, None, data_stage, shared, figures_dir / SHARED, progress,
+                     notebook_dir)
+        tasks = {s: {"run": runs[s], "shared": str(shared), "shared_figures": str(figures_dir / SHARED),
+                     "stage": data_stage, "after": after_data} for s in seeds}
+        if after_data:
+            failures = _executor_results(tasks, jobs, dask, threads)
+        else:  # sharing only: nothing to run side by side
+            failures = _executor_results(tasks, 1, None, None)
+        md = write_aggregate(run_dir, seeds, preset["name"])
+    if failures:
+        raise PipelineError("; ".join(f"seed {s}: {e}" for s, e in failures.items())
+                            + f". The other seeds finished; the aggregate so far is {md}. Run the same command "
+                              f"again to resume.")
+    print(f"pipeline {preset['name']} over seeds {', '.join(map(str, seeds))}: run folder {run_dir}, "
+          f"aggregate {md}", flush=True)
+    return run_dir
