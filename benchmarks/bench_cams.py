@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from camseg_utils import cams, models, train
+from camseg_utils import cam_library, cams, models, train
 from camseg_utils.device import device_name, resolve_device
 
 ap = argparse.ArgumentParser()
@@ -170,7 +170,7 @@ for arch in args.archs:
                 r = race({"camseg": camseg([method], [early], layer, net),
                           "library": library(method, list(layer.values()), net)}, xs, repeats=2, warmup=1)
                 h1 = cams.fast_cams(net, list(layer.values()), xs, method)[0].cpu().numpy()
-                h2 = cams.library_cams(net, list(layer.values()), xs, method)[0]
+                h2 = cam_library.library_cams(net, list(layer.values()), xs, method)[0]
                 print(f"{arch:9s} {method} @ {early}, {args.size} x {args.size}, batch {len(xs)}: camseg "
                       f"{r['camseg']:8.2f} img/s | pytorch-grad-cam {r['library']:8.2f} | "
                       f"{method} ratio camseg/library = {r['camseg'] / r['library']:.1f} | "
@@ -179,10 +179,10 @@ for arch in args.archs:
     layers = [models.get_layer(model, arch, args.layer)]
     for method in args.methods:
         r = race({"fast": lambda v: cams.fast_cams(net, layers, v, method),
-                  "library": lambda v: cams.library_cams(net, layers, v, method),
+                  "library": lambda v: cam_library.library_cams(net, layers, v, method),
                   "floor": lambda v: cams.activations_and_gradients(net, layers, v)}, x)
         h1 = cams.fast_cams(net, layers, x, method)[0].cpu().numpy()
-        h2 = cams.library_cams(net, layers, x, method)[0]
+        h2 = cam_library.library_cams(net, layers, x, method)[0]
         print(f"{arch:12s} {method:9s} library {r['library']:8.1f} img/s | fast {r['fast']:8.1f} img/s | floor "
               f"{r['floor']:8.1f} img/s | fast/floor {r['fast'] / r['floor']:.2f} | max |fast-library| "
               f"{np.abs(h1 - h2).max():.1e}", flush=True)

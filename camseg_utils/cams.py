@@ -1,21 +1,20 @@
-"""CAM methods: a batched on-device path for every method, pytorch-grad-cam as the reference, baselines.
+"""CAM methods on the device: every method, many maps at once, from one forward and one backward pass.
 
 Convention: a heatmap is float in [0, 1] at the image's height and width, for the tumour
 class (index 1), min-max normalised per image exactly as pytorch-grad-cam does. Because
 that normalisation makes every tumour-free slice look hot, the un-normalised ("raw") map is
 kept too: ReLU of the method's weighted activations, bilinearly resized to the image.
 
-The device path serves every CAM method and many maps at once: one forward pass, and one
-backward pass that stops at the target layers (``torch.autograd.grad`` w.r.t. the
-activations, not the weights), give the activations and gradients of every requested
+One forward pass, and one backward pass that stops at the target layers (``torch.autograd.grad``
+w.r.t. the activations, not the weights), give the activations and gradients of every requested
 layer; every (method, layers, fusion) asked for is computed from them on the device, the
 whole batch resized at once (:func:`many_cams`; over whole image sets and with a disk cache:
 :mod:`.heatmap_cache`). The gradient methods
 (GradCAM, GradCAM++, HiResCAM, XGradCAM, LayerCAM) and RandomCAM need nothing more;
-EigenCAM needs the first principal direction of each image's activations (see
-:func:`principal_directions` for how its sign is made the library's); ScoreCAM scores every
-activation-masked image, batched. pytorch-grad-cam stays the reference (tests compare
-the two, method by method) and can still be chosen with ``engine='library'``.
+EigenCAM and ScoreCAM take their maps from :mod:`.gradient_free`. pytorch-grad-cam stays the
+reference (:mod:`.cam_library`; tests compare the two, method by method) and can still be chosen
+with ``engine='library'``; the random and Sobel baselines are in :mod:`.baselines`. This module
+also owns the method names, the normalisation and the checks the others share.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .gradient_free import eigen_projection, score_weights
 from .models import resolve_layer
 
 TUMOUR = 1
@@ -37,8 +37,6 @@ BASELINES = ("random", "sobel")
 METHODS = CAM_METHODS + BASELINES
 SEEDED = ("random", "randomcam")  # methods whose maps depend on the seed
 FUSIONS = ("mean", "max")
-# bump when what a cache entry holds or how it is named changes: older entries are recomputed
-# (3: the images' content hash in meta.json, the seed in the names of seeded entries)
 
 
 class CamError(ValueError):
@@ -81,7 +79,8 @@ def minmax(cam: torch.Tensor) -> torch.Tensor:
     return cam / (1e-7 + cam.flatten(-2).max(-1).values[..., None, None])
 
 
-def _resize(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def bilinear_resize(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """N x h x w maps at ``size``; unchanged when already that size."""
     if tuple(cam.shape[-2:]) == tuple(size):
         return cam
     # bilinear with half-pixel centres and no antialiasing, as cv2.resize(INTER_LINEAR)
@@ -89,11 +88,6 @@ def _resize(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ fast path
-
-
-def _cam_from(method: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """The weighted activation map (before ReLU) of one gradient method; a, g: N x C x h x w."""
-    return _cams_from((method,), a, g)[method]
 
 
 def _cams_from(methods: Sequence[str], a: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -132,83 +126,6 @@ def _cams_from(methods: Sequence[str], a: torch.Tensor, g: torch.Tensor) -> dict
         maps = torch.einsum("nkc,nchw->nkhw", torch.stack(list(weights.values()), 1), a)
         out.update((m, maps[:, i]) for i, m in enumerate(weights))
     return out
-
-
-def principal_directions(m: torch.Tensor) -> torch.Tensor:
-    """First right singular vector of each N x P x C matrix, oriented as pytorch-grad-cam's EigenCAM orients it.
-
-    The library takes ``VT[0]`` of numpy's full SVD of each image's centred P x C activations
-    (LAPACK ``dgesdd``: numpy computes float32 input in float64). A singular vector's sign is
-    arbitrary; the library's is whatever ``dgesdd`` returns, a deterministic function of the
-    matrix that no closed-form rule (largest entry positive, positive sum, ...) reproduces.
-    Where P >= 11/6 C, ``dgesdd`` first reduces the matrix to the C x C triangular factor R of
-    its Householder QR and takes the singular vectors of R; where C >= 11/6 P, it reduces to
-    the P x P factor L of its LQ and maps back through Q. Householder factors have a sign
-    convention fixed by LAPACK (the same in every implementation), so this function computes
-    them batched on the device in float64 (``torch.linalg.qr``), then runs numpy's ``dgesdd``
-    on the small square factor only: the same routine on the same reduced matrix gives the
-    library's orientation, at the cost of a C x C SVD instead of the full one with its P x P
-    matrix U. In between (neither dimension 11/6 of the other) numpy's thin SVD of the whole
-    matrix is used, which takes the same route to ``VT`` as the full one.
-
-    What equality holds: the direction up to float rounding wherever the first two singular
-    values are apart, and the library's sign on every matrix tested (random matrices with
-    dead channels in tests/test_cams.py, and a trained small CNN's activations on LGG
-    slices); float32 factors are not enough (a dead channel's exact zeros then flip some
-    signs). A numpy built on another LAPACK (e.g. MKL) may orient some maps otherwise, and
-    so would the library there.
-    """
-    n, p, c = m.shape
-    mnthr = int(min(p, c) * 11.0 / 6.0)  # dgesdd's switch to a QR / LQ first
-    m64 = m.double()
-    if p >= c and p >= mnthr:
-        r = torch.linalg.qr(m64, mode="r").R.cpu().numpy()
-        v = np.linalg.svd(r)[2][:, 0]
-    elif c > p and c >= mnthr:
-        q, r = torch.linalg.qr(m64.transpose(1, 2), mode="reduced")  # M^T = Q R, so M = R^T Q^T (LQ)
-        vl = np.linalg.svd(r.transpose(1, 2).cpu().numpy())[2][:, 0]
-        return (q @ torch.from_numpy(vl).to(q)[..., None])[..., 0].to(m.dtype)
-    else:
-        v = np.linalg.svd(m.float().cpu().numpy(), full_matrices=False)[2][:, 0]
-    return torch.from_numpy(np.ascontiguousarray(v)).to(m)
-
-
-def eigen_projection(a: torch.Tensor) -> torch.Tensor:
-    """EigenCAM's map (before ReLU): each image's centred activations projected on their first principal direction."""
-    n, c, h, w = a.shape
-    m = a.reshape(n, c, h * w).transpose(1, 2)
-    m = torch.nan_to_num(m, nan=0.0)
-    m = m - m.mean(1, keepdim=True)
-    v = principal_directions(m)
-    return (m @ v[..., None]).reshape(n, h, w)
-
-
-def score_weights(
-    model: nn.Module, x: torch.Tensor, a: torch.Tensor, target: int = TUMOUR, batch_size: int = 64,
-) -> torch.Tensor:
-    """ScoreCAM's channel weights, N x C: softmax over channels of the target logit of each activation-masked image.
-
-    As pytorch-grad-cam: each channel's map is resized to the image (bilinear, corners
-    aligned), min-max scaled to [0, 1] and multiplied into the image; the N x C masked images
-    go through ``model`` in batches of ``batch_size``, whatever image they come from.
-    """
-    n, c = a.shape[:2]
-    with torch.inference_mode():
-        up = F.interpolate(a.float(), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=True)
-        lo, hi = up.amin((2, 3), keepdim=True), up.amax((2, 3), keepdim=True)
-        up = (up - lo) / (hi - lo + 1e-8)
-        # a channel constant over the image scales to an all-zero mask, so its masked image is
-        # all zeros whatever the image: scored once, not once per such channel
-        live = (hi - lo).flatten() > 0
-        scores = model(torch.zeros_like(x[:1]))[0, target].float().expand(n * c).clone()
-        todo = torch.nonzero(live)[:, 0]
-        for i in range(0, len(todo), batch_size):
-            k = todo[i:i + batch_size]
-            masked = x[k // c] * up[k // c, k % c][:, None]
-            if x.is_contiguous(memory_format=torch.channels_last):
-                masked = masked.contiguous(memory_format=torch.channels_last)
-            scores[k] = model(masked)[:, target].float()
-        return torch.softmax(scores.view(n, c), -1)
 
 
 def activations_and_gradients(
@@ -357,77 +274,6 @@ def fast_cams(
     req = (method, tuple(named), fuse)
     maps, logits = many_cams(model, named, x, [req], target, seed, offset, score_batch)
     return (*maps[req], logits)
-
-
-# -------------------------------------------------------------- library path
-
-
-def _library_class(method: str) -> type:
-    import pytorch_grad_cam as pgc
-    from pytorch_grad_cam.random_cam import RandomCAM
-
-    classes = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "hirescam": pgc.HiResCAM,
-               "xgradcam": pgc.XGradCAM, "layercam": pgc.LayerCAM, "scorecam": pgc.ScoreCAM,
-               "eigencam": pgc.EigenCAM, "randomcam": RandomCAM}
-    base = classes[method]
-
-    class WithRaw(base):  # records each layer's un-normalised map as the library computes it
-        def get_cam_image(self, *args, **kwargs):
-            cam = super().get_cam_image(*args, **kwargs)
-            self.raw_maps.append(np.maximum(cam, 0))
-            return cam
-
-    return WithRaw
-
-
-def library_cams(
-    model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor, method: str, fuse: str = "mean",
-    target: int = TUMOUR, batch_size: int = 32,
-) -> tuple[np.ndarray, np.ndarray]:
-    """pytorch-grad-cam's heatmaps (the reference): (heatmap, raw), each N x H x W float32."""
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    if fuse not in FUSIONS:
-        raise CamError(f"unknown fusion {fuse!r}; expected one of {FUSIONS}")
-    cls = _library_class(method)
-    size = tuple(x.shape[-2:])
-    groups = [list(layers)] if fuse == "mean" else [[layer] for layer in layers]
-    heats, raws = [], []
-    for group in groups:
-        with cls(model=model, target_layers=group) as cam:
-            if hasattr(cam, "batch_size"):
-                cam.batch_size = batch_size  # ScoreCAM's inner batch
-            cam.raw_maps = []
-            heats.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(target)] * len(x)))
-            raws.extend(_resize(torch.from_numpy(np.asarray(r, np.float32)), size) for r in cam.raw_maps)
-    raw = torch.stack(raws)
-    raw = raw.amax(0) if fuse == "max" else raw.mean(0)
-    if fuse == "max":
-        heat = minmax(torch.from_numpy(np.stack(heats)).amax(0)).numpy()
-    else:
-        heat = heats[0]
-    return heat.astype(np.float32), raw.numpy()
-
-
-# ------------------------------------------------------------------ baselines
-
-
-def random_heatmaps(n: int, size: tuple[int, int], seed: int, offset: int = 0, cells: int = 8) -> np.ndarray:
-    """Smooth random heatmaps (random values on a coarse grid, resized): the chance baseline.
-
-    Image i gets the same map whatever the batch, from seed and its index ``offset + i``.
-    """
-    coarse = np.stack([np.random.default_rng([seed, offset + i]).random((cells, cells), dtype=np.float32)
-                       for i in range(n)])
-    return minmax(_resize(torch.from_numpy(coarse), size)).numpy()
-
-
-def sobel_heatmaps(images: np.ndarray) -> np.ndarray:
-    """Edge strength of the grey image (Sobel), min-max normalised: the 'any structure' baseline."""
-    from skimage.filters import sobel
-
-    grey = images.astype(np.float32).mean(-1) / 255
-    return minmax(torch.from_numpy(np.stack([sobel(g) for g in grey]).astype(np.float32))).numpy()
 
 
 def check_pair(images: np.ndarray, heatmaps: np.ndarray, what: str = "heatmaps") -> None:

@@ -1,4 +1,4 @@
-"""The figures of notebook 05 (how good the masks are): Dice against the threshold, masks side by side.
+"""The figures of notebook 05 (how good the masks are): Dice against the threshold, per-patient Dice, masks side by side.
 
 Apart from :mod:`.plots` because they score masks (:mod:`.metrics`): the other stages' figures do not
 depend on how Dice is computed, so a change there re-runs only what it touches.
@@ -47,3 +47,24 @@ def masks_side_by_side(images: np.ndarray, gt: np.ndarray, masks: dict[str, np.n
                 axes[r, c].set_xlabel(f"Dice {dice(m[i], gt[i]):.2f}", fontsize=8)
     fig.tight_layout()
     return save(fig, path)
+
+
+def patient_dice(per_patient: pd.DataFrame, path: str | Path | None = None) -> plt.Figure:
+    """3-D Dice per test patient (:func:`.protocol.patient_frames`), one box per model, best mean first,
+    coloured by kind (CAM, baseline, U-Net)."""
+    import seaborn as sns
+
+    order = per_patient.groupby("model").patient_dice.mean().sort_values(ascending=False).index
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(order) + 1))
+    sns.boxplot(data=per_patient, y="model", x="patient_dice", hue="kind", order=order, ax=ax, dodge=False)
+    ax.set(xlabel="3-D Dice per test patient", ylabel="")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def by_tumour_size(manifest: pd.DataFrame, n: int = 4) -> np.ndarray:
+    """Positions of ``n`` slices with tumour, evenly spread from the smallest tumour to the largest."""
+    tumour = np.flatnonzero(manifest.tumour.to_numpy())
+    if not len(tumour):
+        raise ValueError(f"the manifest ({len(manifest)} slices) has no slice with tumour to show")
+    return tumour[np.argsort(manifest.tumour_pixels.to_numpy()[tumour])][np.linspace(0, len(tumour) - 1, n).astype(int)]

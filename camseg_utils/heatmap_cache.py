@@ -20,19 +20,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .cams import (
-    BASELINES,
-    FUSIONS,
-    SEEDED,
-    CamError,
-    _Classifier,
-    check_method,
-    library_cams,
-    many_cams,
-    parse_layers,
-    random_heatmaps,
-    sobel_heatmaps,
-)
+from .baselines import random_heatmaps, sobel_heatmaps
+from .cam_library import library_cams
+from .cams import BASELINES, FUSIONS, SEEDED, CamError, _Classifier, check_method, many_cams, parse_layers
 from .device import to_tensor
 from .io import UnreadableFileError, arrays_digest, file_sha256, load_torch, read_json, write_json
 from .models import get_layer

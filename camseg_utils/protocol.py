@@ -223,6 +223,21 @@ def best_cams(results: pd.DataFrame, select_by: str = "mean_dice") -> tuple[pd.S
     return cam_rows.loc[cam_rows[key].idxmax()], {k: g.loc[g[key].idxmax()] for k, g in cam_rows.groupby("refinement")}
 
 
+def best_cam_lines(by_refinement: dict[str, pd.Series], unet: UnetStudy, select_by: str = "mean_dice") -> str:
+    """The best CAM per refinement (:func:`best_cams`) against the U-Net, one line each: its test mean-Dice with
+    CI, patient Dice, and its mean-Dice as a share of the U-Net's."""
+    u = unet.scores["mean_dice"]
+    return "\n".join(f"best CAM, refinement={kind} (chosen on validation by {select_by}): {b.arch} {b.method} @ {b.layer}: "
+                     f"test mean-Dice {b.mean_dice:.3f} [{b.mean_dice_ci[0]:.3f}, {b.mean_dice_ci[1]:.3f}], "
+                     f"patient Dice {b.patient_dice:.3f}; U-Net {u:.3f}; ratio {b.mean_dice / u:.2f}"
+                     for kind, b in by_refinement.items())
+
+
+def patient_frames(study: CamStudy, unet: UnetStudy, test: Split) -> pd.DataFrame:
+    """Per-patient test Dice of every chosen CAM and baseline setting and of the U-Net, in one frame."""
+    return pd.concat(study.per_patient + [patient_frame(unet.masks, test, "U-Net", "U-Net")])
+
+
 def results_table(results: pd.DataFrame, unet: UnetStudy, select_by: str = "mean_dice") -> pd.DataFrame:
     """The test table: CAM and baseline rows by validation ``select_by``, then the U-Net's row."""
     u = {"arch": "U-Net (supervised)", "method": "-", "layer": "-", "val_mean_dice": unet.chosen["mean_dice"],

@@ -1,4 +1,4 @@
-"""The filtered re-training test of the heatmaps (notebook 06), and the verdicts drawn from its numbers.
+"""The filtered re-training test of the heatmaps (notebook 06): the experiment and its tables.
 
 The paper's test: filter every image by its heatmap, re-train the classifier's architecture from
 scratch on the filtered training split and score it on the filtered test split. Its two claims:
@@ -22,16 +22,7 @@ Our design decisions (not the paper's):
 - the random control (``random``) gets no shape-only run: its maps are drawn from a seed and the
   slice's index, never from the image, so their shape cannot carry the label.
 
-Verdicts (:func:`judge`, :func:`claim_verdicts`): two readings differ when their means are more than
-``Z`` x the larger standard deviation apart (at least ``Z`` x ``MIN_SD``, also the margin of the
-seedless original-classifier readings); a reading whose seeds spread more than ``MAX_SD`` is
-inconclusive. A test is *supported* when its reading beats its baseline (the random control for
-claim 1, chance for claim 2) and the shape-only control, *confounded by the heatmap's shape* when it
-beats the baseline but not the shape, *not supported* when it does not beat the baseline. A claim's
-verdict is its primary test's (the hard filter at the smallest k with the fill that hides the outline
-best), except that a primary 'not supported' against an original classifier that supports the claim
-is 'inconclusive' (the two tests disagree), and 'supported' stays so when the original classifier
-disagrees (filtered images are outside what it was trained on: the reason to re-train at all).
+The verdicts drawn from these numbers are in :mod:`.claims`.
 """
 
 from __future__ import annotations
@@ -39,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -50,17 +41,11 @@ from . import classification, data, filtering, heatmap_cache, selection, train
 from .device import resolve_device
 from .io import arrays_digest, load_torch
 
-SUPPORTED, NOT_SUPPORTED = "supported", "not supported"
-CONFOUNDED, INCONCLUSIVE = "confounded by the heatmap's shape", "inconclusive"
-VERDICTS = (SUPPORTED, NOT_SUPPORTED, CONFOUNDED, INCONCLUSIVE)
-CLAIMS = {"hot": "classifiers rely mainly on the hot areas",
-          "dark": "the dark regions also carry class information"}
-CHANCE = 0.5
-Z, MIN_SD, MAX_SD = 2.0, 0.01, 0.1
 SPLITS = ("train", "val", "test")
 RANDOM = "random"
 NO_HEATMAP = "none"  # the unfiltered reference rows
 SHAPE_SOFT, SHAPE_HARD = "weight_map", "mask"
+GUIDED = " + guided"  # in the name of a heatmap refined by the guided filter (the blur check)
 
 
 # ------------------------------------------------------------------ inputs
@@ -222,95 +207,17 @@ def pm(mean: float, sd: float | None = None) -> str:
     return f"{mean:.3f}" if sd is None or math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
 
 
+def unfiltered(summary: pd.DataFrame) -> pd.Series:
+    """:func:`summarise`'s unfiltered reference row: re-trained on the images as they are, and the original classifier."""
+    return summary[summary.heatmap == NO_HEATMAP].iloc[0]
+
+
 def display_table(summary: pd.DataFrame) -> list[dict]:
     """The summary as report rows, readings written as mean ± sd."""
     return [{"heatmap": r.heatmap, "filter": r.filter, "k": r.k, "fill": r.imputation,
              "re-trained on images": pm(r.auc, r.auc_sd), "shape only": pm(r.shape_auc, r.shape_auc_sd),
              "images - shape": pm(r.image_minus_shape, r.image_minus_shape_sd),
              "original classifier": pm(r.original_auc)} for r in summary.itertuples()]
-
-
-# ------------------------------------------------------------------ verdicts
-
-
-def compare(a: tuple[float, float], b: tuple[float, float], z: float = Z, min_sd: float = MIN_SD) -> int:
-    """+1 when reading a = (mean, sd) beats b by more than z x the larger sd (at least z x min_sd), -1 when b beats
-    a so, 0 when they are within that margin. A missing sd (a seedless reading) counts as min_sd."""
-    sds = [s for s in (a[1], b[1]) if s is not None and not math.isnan(s)]
-    margin = z * max(sds + [min_sd])
-    d = a[0] - b[0]
-    return 1 if d > margin else -1 if d < -margin else 0
-
-
-def judge(reading: tuple[float, float], baseline: tuple[float, float], shape: tuple[float, float] | None = None,
-          z: float = Z, min_sd: float = MIN_SD, max_sd: float = MAX_SD) -> tuple[str, str]:
-    """(verdict, reason) of one test: ``reading`` against its ``baseline`` and, when given, its shape-only control."""
-    parts = [("reading", reading), ("baseline", baseline)] + ([("shape-only", shape)] if shape is not None else [])
-    for what, (m, _) in parts:
-        if m is None or math.isnan(m):
-            return INCONCLUSIVE, f"the {what} reading is missing"
-    wide = [f"{what} sd {s:.3f}" for what, (_, s) in parts if s is not None and not math.isnan(s) and s > max_sd]
-    if wide:
-        return INCONCLUSIVE, f"seeds disagree ({', '.join(wide)} > {max_sd})"
-    if compare(reading, baseline, z, min_sd) <= 0:
-        return NOT_SUPPORTED, f"{pm(*reading)} does not beat the baseline {pm(*baseline)}"
-    if shape is not None and compare(reading, shape, z, min_sd) <= 0:
-        return CONFOUNDED, (f"{pm(*reading)} beats the baseline {pm(*baseline)} but not the shape alone "
-                            f"{pm(*shape)}")
-    return SUPPORTED, f"{pm(*reading)} beats the baseline {pm(*baseline)}" + (
-        f" and the shape alone {pm(*shape)}" if shape is not None else "")
-
-
-def overall(primary: str, original: str) -> str:
-    """A claim's verdict from its primary re-trained test and the original classifier's test (module docstring)."""
-    if primary not in VERDICTS or original not in VERDICTS:
-        raise ValueError(f"verdicts {primary!r}, {original!r}: expected among {VERDICTS}")
-    if primary == NOT_SUPPORTED and original == SUPPORTED:
-        return INCONCLUSIVE
-    return primary
-
-
-def claim_verdicts(summary: pd.DataFrame, heatmap: str, k: float, imputations: Sequence[str] = filtering.IMPUTATIONS,
-                   z: float = Z, min_sd: float = MIN_SD, max_sd: float = MAX_SD) -> list[dict]:
-    """The tests of both claims for one heatmap at one k (re-trained per fill, soft, original classifier), each
-    with its verdict, then one 'overall' row per claim. ``summary``: :func:`summarise`'s table, with the
-    random control's rows."""
-    idx = summary.set_index(["heatmap", "filter", "k", "imputation"])
-
-    def get(name, kind, kk, imp, col):
-        key = (name, kind, float(kk), imp)
-        if key not in idx.index:
-            return math.nan, math.nan
-        r = idx.loc[key]
-        return (float(r[col]), math.nan) if col == "original_auc" else (float(r[col]), float(r[col + "_sd"]))
-
-    chance = (CHANCE, 0.0)
-    primary_fill = "nli" if "nli" in imputations else imputations[0]
-    rows = []
-    for claim, hard, soft in (("hot", "keep", "keep_hot"), ("dark", "remove", "keep_dark")):
-        tests = []
-        for imp in imputations:
-            base = get(RANDOM, hard, k, imp, "auc") if claim == "hot" else chance
-            tests.append((f"re-trained, {hard} hottest {k:g} %, {imp} fill", get(heatmap, hard, k, imp, "auc"), base,
-                          get(heatmap, hard, k, imp, "shape_auc"), imp == primary_fill))
-        tests.append((f"re-trained, soft {soft}", get(heatmap, soft, 0, "-", "auc"),
-                      get(RANDOM, soft, 0, "-", "auc") if claim == "hot" else chance,
-                      get(heatmap, soft, 0, "-", "shape_auc"), False))
-        tests.append((f"original classifier, {hard} hottest {k:g} %, mean fill",
-                      get(heatmap, hard, k, "mean", "original_auc"),
-                      get(RANDOM, hard, k, "mean", "original_auc") if claim == "hot" else chance, None, False))
-        found = {}
-        for test, reading, base, shape, primary in tests:
-            verdict, reason = judge(reading, base, shape, z, min_sd, max_sd)
-            found["primary" if primary else test] = verdict
-            rows.append({"claim": CLAIMS[claim], "heatmap": heatmap, "test": test + (" (primary)" if primary else ""),
-                         "reading": pm(*reading), "baseline": ("random " if claim == "hot" else "chance ") + pm(*base),
-                         "shape only": pm(*shape) if shape else "-", "verdict": verdict, "reason": reason})
-        orig = found[tests[-1][0]]
-        rows.append({"claim": CLAIMS[claim], "heatmap": heatmap, "test": "overall", "reading": "", "baseline": "",
-                     "shape only": "", "verdict": overall(found["primary"], orig),
-                     "reason": f"primary re-trained test: {found['primary']}; original classifier: {orig}"})
-    return rows
 
 
 def study_heatmaps(run_dir: str | Path, checkpoint: str | Path, images: Mapping[str, np.ndarray], methods: Sequence[str],
@@ -348,7 +255,13 @@ def study_heatmaps(run_dir: str | Path, checkpoint: str | Path, images: Mapping[
             row = t[(t.arch == arch) & (t.method == mth) & (t.layer == layer) & (t.refinement == "guided")]
             r = int(row.guided_radius.iloc[0]) if len(row) else 0
         if r:
-            out[f"{mth} + guided r={r}"] = as_maps({s: selection.setting_heatmaps(v, {"guided_radius": r}, images[s], device)
+            out[f"{mth}{GUIDED} r={r}"] = as_maps({s: selection.setting_heatmaps(v, {"guided_radius": r}, images[s], device)
                                                    for s, v in h.items()})
     out[RANDOM] = as_maps(cached("random"))
     return out
+
+
+def blur_check_ks(heatmaps: Iterable[str], ks: Sequence[float]) -> dict[str, Sequence[float]]:
+    """``ks_for`` of :func:`run_experiment`: ``ks`` for every heatmap :func:`study_heatmaps` refined (the blur
+    check, kept to fewer k than the others to keep the run affordable)."""
+    return {name: ks for name in heatmaps if GUIDED in name}

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from camseg_utils import cams, data, heatmap_cache, models, train
+from camseg_utils import baselines, cam_library, cams, data, gradient_free, heatmap_cache, models, train
 from camseg_utils.cams import CamError
 from camseg_utils.io import arrays_digest
 
@@ -26,7 +26,7 @@ def test_fast_path_reproduces_the_library(arch, layers, fuse):
     targets = [models.get_layer(m, arch, name) for name in layers]
     for method in cams.FAST_METHODS:
         h_fast, r_fast, _ = cams.fast_cams(net, targets, x, method, fuse)
-        h_lib, r_lib = cams.library_cams(net, targets, x, method, fuse)
+        h_lib, r_lib = cam_library.library_cams(net, targets, x, method, fuse)
         assert h_fast.shape == (3, 64, 64)
         assert np.abs(h_fast.numpy() - h_lib).max() <= 1e-4, method
         # raw maps sum many channels in another order: float32 rounding relative to the peak
@@ -67,12 +67,12 @@ def test_unknown_method_layer_fusion_list_the_options():
 
 
 def test_baselines_are_deterministic_and_in_range():
-    a = cams.random_heatmaps(3, (32, 32), seed=0)
-    b = cams.random_heatmaps(2, (32, 32), seed=0, offset=1)
+    a = baselines.random_heatmaps(3, (32, 32), seed=0)
+    b = baselines.random_heatmaps(2, (32, 32), seed=0, offset=1)
     assert np.allclose(a[1:], b) and a.min() >= 0 and a.max() <= 1
     img = np.zeros((1, 32, 32, 3), np.uint8)
     img[0, 8:24, 8:24] = 200
-    s = cams.sobel_heatmaps(img)[0]
+    s = baselines.sobel_heatmaps(img)[0]
     assert s[16, 8] > 0.5 and s[16, 16] == 0  # edges hot, flat areas cold
 
 
@@ -152,7 +152,7 @@ def test_one_pass_gives_every_map_as_the_single_method_path_and_the_library(arch
         h1, r1, _ = cams.fast_cams(net, targets, x, mth, fuse, seed=5, offset=2)
         assert torch.allclose(heat, h1, atol=1e-5) and torch.allclose(raw, r1, rtol=1e-4, atol=1e-6), (mth, layers, fuse)
         with heatmap_cache._numpy_seeded(5, 2):  # RandomCAM: the library's draws under the same seed
-            h_lib, r_lib = cams.library_cams(net, targets, x, mth, fuse)
+            h_lib, r_lib = cam_library.library_cams(net, targets, x, mth, fuse)
         tol = 1e-3 if mth == "eigencam" else 1e-4
         assert np.abs(heat.numpy() - h_lib).max() <= tol, (mth, layers, fuse)
         assert np.abs(raw.numpy() - r_lib).max() <= 1e-3 * max(1e-12, np.abs(r_lib).max()), (mth, layers, fuse)
@@ -167,7 +167,7 @@ def test_scorecam_batched_equals_the_library():
     for layers, fuse in _REQUESTS:
         targets = [models.get_layer(m, "small_cnn", n) for n in layers]
         heat, raw, _ = cams.fast_cams(net, targets, x, "scorecam", fuse, score_batch=24)  # batches span images
-        h_lib, r_lib = cams.library_cams(net, targets, x, "scorecam", fuse)
+        h_lib, r_lib = cam_library.library_cams(net, targets, x, "scorecam", fuse)
         assert np.abs(heat.numpy() - h_lib).max() <= 1e-4, layers
         assert np.abs(raw.numpy() - r_lib).max() <= 1e-3 * np.abs(r_lib).max(), layers
         assert heat.max() > 0.99  # not an all-zero map
@@ -182,7 +182,7 @@ def test_principal_directions_orient_as_the_full_svd(shape):
     m = np.maximum(rng.standard_normal((24, p, c)).astype(np.float32) * rng.gamma(1, 1, (24, 1, c)).astype(np.float32), 0)
     m[::3, :, 1] = 0  # a dead channel in every third matrix
     m -= m.mean(1, keepdims=True)
-    v = cams.principal_directions(torch.from_numpy(m)).numpy()
+    v = gradient_free.principal_directions(torch.from_numpy(m)).numpy()
     for k in range(len(m)):
         ref = np.linalg.svd(m[k], full_matrices=True)[2][0]
         assert np.dot(v[k], ref) > 1 - 1e-4, k  # same direction and the same sign

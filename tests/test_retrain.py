@@ -1,4 +1,4 @@
-"""The re-training study's tables and verdict rules, on hand-made tables of runs."""
+"""The re-training study's tables, verdict rules, record and figures, on hand-made tables of runs."""
 
 import math
 
@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from camseg_utils import claims, data, retrain_figures
 from camseg_utils import retrain as rt
 
 
@@ -44,7 +45,7 @@ def _study(hot=(0.95, 0.01), hot_nli=(0.95, 0.01), shape=(0.98, 0.01), dark_nli=
 
 
 def _overall(rows, claim):
-    return next(r for r in rows if r["claim"] == rt.CLAIMS[claim] and r["test"] == "overall")["verdict"]
+    return next(r for r in rows if r["claim"] == claims.CLAIMS[claim] and r["test"] == "overall")["verdict"]
 
 
 def test_summary_puts_the_shape_only_control_beside_each_filter():
@@ -65,63 +66,63 @@ def test_summary_puts_the_shape_only_control_beside_each_filter():
 
 
 def test_compare_uses_twice_the_larger_spread():
-    assert rt.compare((0.80, 0.01), (0.70, 0.02)) == 1  # 0.10 > 2 x 0.02
-    assert rt.compare((0.70, 0.01), (0.80, 0.02)) == -1
-    assert rt.compare((0.80, 0.06), (0.70, 0.01)) == 0  # 0.10 < 2 x 0.06
-    assert rt.compare((0.53, math.nan), (0.50, 0.0)) == 1  # seedless: the floor 2 x 0.01
-    assert rt.compare((0.515, math.nan), (0.50, 0.0)) == 0
+    assert claims.compare((0.80, 0.01), (0.70, 0.02)) == 1  # 0.10 > 2 x 0.02
+    assert claims.compare((0.70, 0.01), (0.80, 0.02)) == -1
+    assert claims.compare((0.80, 0.06), (0.70, 0.01)) == 0  # 0.10 < 2 x 0.06
+    assert claims.compare((0.53, math.nan), (0.50, 0.0)) == 1  # seedless: the floor 2 x 0.01
+    assert claims.compare((0.515, math.nan), (0.50, 0.0)) == 0
 
 
 def test_judge_walks_baseline_then_shape():
-    assert rt.judge((0.95, 0.01), (0.6, 0.02), (0.80, 0.01))[0] == rt.SUPPORTED
-    assert rt.judge((0.95, 0.01), (0.6, 0.02), (0.96, 0.01))[0] == rt.CONFOUNDED
-    assert rt.judge((0.62, 0.01), (0.6, 0.02), (0.50, 0.01))[0] == rt.NOT_SUPPORTED
-    assert rt.judge((0.95, 0.15), (0.6, 0.02), (0.50, 0.01))[0] == rt.INCONCLUSIVE
-    assert rt.judge((0.95, 0.01), (math.nan, math.nan))[0] == rt.INCONCLUSIVE
-    verdict, reason = rt.judge((0.95, 0.01), (0.6, 0.02), (0.96, 0.01))
+    assert claims.judge((0.95, 0.01), (0.6, 0.02), (0.80, 0.01))[0] == claims.SUPPORTED
+    assert claims.judge((0.95, 0.01), (0.6, 0.02), (0.96, 0.01))[0] == claims.CONFOUNDED
+    assert claims.judge((0.62, 0.01), (0.6, 0.02), (0.50, 0.01))[0] == claims.NOT_SUPPORTED
+    assert claims.judge((0.95, 0.15), (0.6, 0.02), (0.50, 0.01))[0] == claims.INCONCLUSIVE
+    assert claims.judge((0.95, 0.01), (math.nan, math.nan))[0] == claims.INCONCLUSIVE
+    verdict, reason = claims.judge((0.95, 0.01), (0.6, 0.02), (0.96, 0.01))
     assert "0.960 ± 0.010" in reason
 
 
 def test_the_shape_alone_explaining_the_reading_is_confounded():
-    rows = rt.claim_verdicts(_study(), "cam", 10)
-    assert _overall(rows, "hot") == rt.CONFOUNDED
-    assert _overall(rows, "dark") == rt.CONFOUNDED
-    orig = next(r for r in rows if r["claim"] == rt.CLAIMS["hot"] and r["test"].startswith("original"))
-    assert orig["verdict"] == rt.SUPPORTED  # 0.90 against random 0.55, no shape control: an outline cannot fool it
+    rows = claims.claim_verdicts(_study(), "cam", 10)
+    assert _overall(rows, "hot") == claims.CONFOUNDED
+    assert _overall(rows, "dark") == claims.CONFOUNDED
+    orig = next(r for r in rows if r["claim"] == claims.CLAIMS["hot"] and r["test"].startswith("original"))
+    assert orig["verdict"] == claims.SUPPORTED  # 0.90 against random 0.55, no shape control: an outline cannot fool it
     primary = [r for r in rows if r["test"].endswith("(primary)")]
     assert len(primary) == 2 and all("nli fill" in r["test"] for r in primary)
 
 
 def test_image_content_beyond_the_shape_supports_the_claims():
-    rows = rt.claim_verdicts(_study(hot_nli=(0.95, 0.01), shape=(0.80, 0.01), dark_nli=(0.90, 0.01)), "cam", 10)
-    assert _overall(rows, "hot") == rt.SUPPORTED and _overall(rows, "dark") == rt.SUPPORTED
+    rows = claims.claim_verdicts(_study(hot_nli=(0.95, 0.01), shape=(0.80, 0.01), dark_nli=(0.90, 0.01)), "cam", 10)
+    assert _overall(rows, "hot") == claims.SUPPORTED and _overall(rows, "dark") == claims.SUPPORTED
     # the mean fill's test is reported too, but the imputed fill decides
-    rows = rt.claim_verdicts(_study(hot=(0.95, 0.01), hot_nli=(0.70, 0.01), shape=(0.80, 0.01)), "cam", 10)
-    assert _overall(rows, "hot") == rt.CONFOUNDED  # beats random (0.60), not the shape (0.80)
-    mean_row = next(r for r in rows if r["claim"] == rt.CLAIMS["hot"] and "mean fill" in r["test"]
+    rows = claims.claim_verdicts(_study(hot=(0.95, 0.01), hot_nli=(0.70, 0.01), shape=(0.80, 0.01)), "cam", 10)
+    assert _overall(rows, "hot") == claims.CONFOUNDED  # beats random (0.60), not the shape (0.80)
+    mean_row = next(r for r in rows if r["claim"] == claims.CLAIMS["hot"] and "mean fill" in r["test"]
                     and r["test"].startswith("re-trained"))
-    assert mean_row["verdict"] == rt.SUPPORTED
+    assert mean_row["verdict"] == claims.SUPPORTED
 
 
 def test_not_beating_random_is_not_supported_unless_the_original_classifier_disagrees():
     weak = dict(hot_nli=(0.61, 0.01), rand=(0.60, 0.02))
-    assert _overall(rt.claim_verdicts(_study(**weak, orig_hot=0.56), "cam", 10), "hot") == rt.NOT_SUPPORTED
-    assert _overall(rt.claim_verdicts(_study(**weak, orig_hot=0.90), "cam", 10), "hot") == rt.INCONCLUSIVE
+    assert _overall(claims.claim_verdicts(_study(**weak, orig_hot=0.56), "cam", 10), "hot") == claims.NOT_SUPPORTED
+    assert _overall(claims.claim_verdicts(_study(**weak, orig_hot=0.90), "cam", 10), "hot") == claims.INCONCLUSIVE
     # the dark remainder at chance is not supported
-    assert _overall(rt.claim_verdicts(_study(dark_nli=(0.51, 0.01), orig_dark=0.5), "cam", 10), "dark") == rt.NOT_SUPPORTED
+    assert _overall(claims.claim_verdicts(_study(dark_nli=(0.51, 0.01), orig_dark=0.5), "cam", 10), "dark") == claims.NOT_SUPPORTED
 
 
 def test_spread_seeds_are_inconclusive_and_missing_readings_too():
-    assert _overall(rt.claim_verdicts(_study(hot_nli=(0.9, 0.2)), "cam", 10), "hot") == rt.INCONCLUSIVE
-    assert _overall(rt.claim_verdicts(_study(), "cam", 50), "hot") == rt.INCONCLUSIVE  # k = 50 was not run
+    assert _overall(claims.claim_verdicts(_study(hot_nli=(0.9, 0.2)), "cam", 10), "hot") == claims.INCONCLUSIVE
+    assert _overall(claims.claim_verdicts(_study(), "cam", 50), "hot") == claims.INCONCLUSIVE  # k = 50 was not run
 
 
 def test_overall_rule():
-    assert rt.overall(rt.SUPPORTED, rt.NOT_SUPPORTED) == rt.SUPPORTED
-    assert rt.overall(rt.NOT_SUPPORTED, rt.SUPPORTED) == rt.INCONCLUSIVE
-    assert rt.overall(rt.CONFOUNDED, rt.SUPPORTED) == rt.CONFOUNDED
+    assert claims.overall(claims.SUPPORTED, claims.NOT_SUPPORTED) == claims.SUPPORTED
+    assert claims.overall(claims.NOT_SUPPORTED, claims.SUPPORTED) == claims.INCONCLUSIVE
+    assert claims.overall(claims.CONFOUNDED, claims.SUPPORTED) == claims.CONFOUNDED
     with pytest.raises(ValueError, match="expected among"):
-        rt.overall("maybe", rt.SUPPORTED)
+        claims.overall("maybe", claims.SUPPORTED)
 
 
 def test_bad_tables_and_experiments_are_refused():
@@ -144,3 +145,53 @@ def test_resizing_keeps_types_and_ranges():
     assert rt.resize_images(x, 20) is x or np.array_equal(rt.resize_images(x, 20), x)
     m = rt.resize_maps(np.random.default_rng(1).random((3, 20, 20)), 10)
     assert m.shape == (3, 10, 10) and m.dtype == np.float32 and 0 <= m.min() and m.max() <= 1
+
+
+def test_study_verdicts_judge_every_heatmap_but_the_random_control_and_the_record_holds_them():
+    summary = _study()
+    found = claims.study_verdicts(summary, ["cam", "random"], 10, ("mean", "nli"))
+    assert found == claims.claim_verdicts(summary, "cam", 10, ("mean", "nli"))  # random is the baseline, not judged
+    overall = [v for v in found if v["test"] == "overall"]
+    assert len(overall) == 2 and claims.reading(found).count("\n- **cam**, claim") == 1  # two bullets, one per claim
+    assert claims.reading(found).startswith(f"- **cam**, claim *{claims.CLAIMS['hot']}*: **{overall[0]['verdict']}** (")
+    runs = _runs({("none", "image", "none", 0, "-"): (0.97, 0.01), ("cam", "image", "keep", 10, "mean"): (0.9, 0.02)},
+                 {("none", "none", 0, "-"): 0.985})
+    s = rt.summarise(runs)
+    ref = rt.unfiltered(s)
+    assert ref.heatmap == rt.NO_HEATMAP and ref.auc == pytest.approx(0.97) and ref.original_auc == pytest.approx(0.985)
+    rec = claims.record(runs, s, found, [0, 1, 2], 32, 3, 12.4)
+    assert rec["verdicts"] == overall and rec["tables"]["Verdicts per claim and test"] == found
+    assert rec["trainings"] == 6 and rec["seconds"] == 12.4  # two conditions x three seeds; the original's row is no training
+    pd.testing.assert_frame_equal(pd.DataFrame(rec["results"]), s)  # the summary table, row by row
+    assert "over seeds [0, 1, 2]; re-trained at 32 px for 3 epochs; unfiltered: re-trained 0.970 ± 0.010, original " \
+           "classifier 0.985; 12 s." in rec["summary"]
+
+
+def test_blur_check_ks_apply_to_the_refined_heatmaps_only():
+    names = ["layercam", "layercam + guided r=4", "random"]
+    assert rt.blur_check_ks(names, [10]) == {"layercam + guided r=4": [10]}
+    assert rt.blur_check_ks(["gradcam", "random"], [10]) == {}
+
+
+def test_figures_draw_every_filter_beside_its_shape_control(tmp_path):
+    runs = _runs({("cam", inp, f, k, imp): (0.8, 0.01) for inp, f, k, imp in
+                  [("image", "keep", 10, "mean"), ("image", "keep", 10, "nli"), ("image", "remove", 10, "mean"),
+                   ("image", "remove", 10, "nli"), ("image", "keep_hot", 0, "-"), ("image", "keep_dark", 0, "-"),
+                   ("shape", rt.SHAPE_HARD, 10, "-"), ("shape", rt.SHAPE_SOFT, 0, "-")]},
+                 {("cam", "keep", 10, "mean"): 0.7})
+    hard = retrain_figures._beside_shape(runs, ("keep", "remove"), rt.SHAPE_HARD, [{"imputation": i} for i in ("mean", "nli")])
+    # the one shape-only run appears under each hard filter and fill: 2 x 2 x 3 seeds
+    assert len(hard[hard.input == "shape"]) == 12 and set(hard[hard.input == "shape"].imputation) == {"mean", "nli"}
+    assert len(hard[hard.input == "original"]) == 1 and not hard["filter"].isin(("keep_hot", rt.SHAPE_HARD)).any()
+    g = retrain_figures.accuracy_vs_k(runs, ("mean", "nli"), tmp_path / "k.png")
+    assert len(g.axes) == 4 and (tmp_path / "k.png").stat().st_size > 0  # a facet per hard filter and fill
+    retrain_figures.keep_hot_vs_dark(runs, tmp_path / "soft.png")
+    ds = data.build_dataset("synthetic", image_size=32, n_patients=6, progress=False).split("test")
+    heat = np.random.default_rng(0).random(ds.images.shape[:3]).astype(np.float32)
+    fig = retrain_figures.filtered_examples(ds, heat, 10, np.full(3, 100.0), ("mean", "nli"), 0.01, 16, tmp_path / "ex.png")
+    first = int(np.argmax(ds.manifest.tumour.to_numpy()))
+    assert ds.manifest.tumour.iloc[first] and ds.manifest.tumour.iloc[:first].sum() == 0
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["image", "keep_hot", "keep_dark", "keep 10 mean", "keep 10 nli", "remove 10 mean", "remove 10 nli",
+                      "shape only 10"]
+    assert fig.axes[0].get_images()[0].get_array().shape[:2] == (16, 16)  # drawn at the re-training size
