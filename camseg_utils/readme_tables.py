@@ -168,34 +168,36 @@ def dice_table(m: dict, run_dir: Path) -> str:
 
 
 def retrain_table(m: dict, run_dir: Path) -> str:
-    """Notebook 06: re-trained test ROC AUC (mean ± sd over seeds) per heatmap and filter."""
+    """Notebook 06 at its smallest k: each re-trained reading beside its shape-only control, their difference and
+    the original classifier's reading, per heatmap (the random control last); then the verdict per claim."""
     rows = [r for r in m.get("results") or [] if isinstance(r, dict) and {"heatmap", "filter", "k", "auc"} <= set(r)]
     if not rows:
         raise ReadmeError(f"{run_dir / 'metrics/06_filtered_retrain.json'} has no results with heatmap, filter, k and auc")
+    hard_ks = [float(r["k"]) for r in rows if r["filter"] in ("keep", "remove")]
+    k0 = min(hard_ks, default=None)
     order = {"none": 0, "keep": 1, "remove": 2, "keep_hot": 3, "keep_dark": 4}
-    ranked = sorted(rows, key=lambda r: (order.get(r["filter"], 5), float(r.get("k") or 0)))
-    cols = list(dict.fromkeys(_condition(r) for r in ranked))
-    heatmaps = list(dict.fromkeys(r["heatmap"] for r in rows))
-    cell = {(r["heatmap"], _condition(r)): _num(r["auc"]) + (f" ± {_num(r['auc_sd'])}" if "auc_sd" in r else "")
-            for r in rows}
-    body = [[h + (" (control)" if h == "random" else "")] + [cell.get((h, c), "") for c in cols] for h in heatmaps]
-    seeds = rows[0].get("seeds")
-    lines = [_table(["heatmap"] + cols, body),
-             f"Test ROC AUC of classifiers re-trained on filtered images, mean ± sd over {seeds or 'the'} seeds."]
-    if m.get("unfiltered_auc") is not None:
-        lines.append(f"The original classifier on unfiltered images: test ROC AUC {_num(m['unfiltered_auc'])}.")
+    shown = sorted((r for r in rows if r["filter"] not in ("keep", "remove") or float(r["k"]) == k0),
+                   key=lambda r: (r["heatmap"] == "random", order.get(r["filter"], 5), str(r.get("imputation"))))
+    body = [[r["heatmap"] + (" (control)" if r["heatmap"] == "random" else ""), _condition(r), _pm(r, "auc"),
+             _pm(r, "shape_auc"), _pm(r, "image_minus_shape"), _num(r.get("original_auc"))] for r in shown]
+    header = ["heatmap", "filter", "re-trained on the images", "on the mask alone", "images - mask", "original classifier"]
+    lines = [_table(header, body), f"Test ROC AUC, mean ± sd over {rows[0].get('seeds') or 'the'} seeds of re-training"
+             + (f"; hard filters at k = {k0:g} % shown (every k: `report.md` of the run)." if k0 is not None else ".")]
     verdicts = m.get("verdicts")
     if isinstance(verdicts, list):
-        lines += [f"- {v}" if isinstance(v, str) else f"- {v.get('heatmap', '')}, {v.get('claim', '')}: {v.get('verdict', '')}"
+        lines += [f"- {v}" if isinstance(v, str) else f"- {v.get('heatmap', '')}, *{v.get('claim', '')}*: **{v.get('verdict', '')}**"
                   for v in verdicts if isinstance(v, str) or v.get("test", "overall") == "overall"]
-    elif isinstance(verdicts, dict):
-        lines += [f"- {k}: {v}" for k, v in verdicts.items()]
     return "\n".join(lines) + "\n"
+
+
+def _pm(r: dict, col: str) -> str:
+    sd = r.get(col + "_sd")
+    return _num(r.get(col)) + ("" if sd is None or (isinstance(sd, float) and math.isnan(sd)) else f" ± {_num(sd)}")
 
 
 def _condition(r: dict) -> str:
     f, k = r["filter"], float(r.get("k") or 0)
-    fill = " (imputed)" if r.get("imputation") not in (None, "", "-", "mean") else ""
+    fill = {"mean": ", mean fill", "nli": ", imputed"}.get(r.get("imputation"), "")
     return {"keep": f"hottest {k:g} % kept{fill}", "remove": f"hottest {k:g} % removed{fill}", "keep_hot": "soft keep-hot",
             "keep_dark": "soft keep-dark", "none": "unfiltered"}.get(f, f"{f} {k:g}")
 

@@ -110,3 +110,22 @@ def test_provenance_line():
     rec = {"provenance": {"git": {"commit": "0123456789abcdef0123", "dirty": True}, "python": "3.11"}}
     assert readme_tables.provenance(rec) == "commit 0123456789ab, uncommitted changes"
     assert readme_tables.provenance({"provenance": {"git_commit": "abc1234", "git_dirty": False}}) == "commit abc1234"
+
+
+def test_retrain_table_puts_each_reading_beside_its_shape_control(tmp_path):
+    def row(heatmap, filt, k, imp, auc, shape=float("nan")):
+        return {"heatmap": heatmap, "filter": filt, "k": k, "imputation": imp, "auc": auc, "auc_sd": 0.01,
+                "shape_auc": shape, "shape_auc_sd": 0.02, "image_minus_shape": auc - shape,
+                "image_minus_shape_sd": 0.03, "original_auc": 0.7, "seeds": 3}
+    results = [row("random", "keep", 10, "mean", 0.61, 0.52), row("layercam", "keep", 50, "mean", 0.95, 0.90),
+               row("layercam", "keep", 10, "nli", 0.88, 0.80), row("layercam", "keep_dark", 0, "-", 0.85, 0.93),
+               row("none", "none", 0, "-", 0.97)]
+    verdicts = [{"heatmap": "layercam", "claim": "hot areas", "verdict": "confounded", "test": "overall"},
+                {"heatmap": "layercam", "claim": "hot areas", "verdict": "supported", "test": "keep 10 mean"}]
+    md = readme_tables.retrain_table({"results": results, "verdicts": verdicts}, tmp_path)
+    body = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [line.split("|")[1].strip() for line in body] == ["none", "layercam", "layercam", "random (control)"]
+    assert "| hottest 10 % kept, imputed | 0.880 ± 0.010 | 0.800 ± 0.020 | 0.080 ± 0.030 | 0.700 |" in md
+    assert "50 %" not in md and "k = 10 %" in md  # only the smallest k in the README
+    assert "| soft keep-dark | 0.850 ± 0.010 | 0.930 ± 0.020 | -0.080 ± 0.030 |" in md
+    assert "**confounded**" in md and "**supported**" not in md  # overall verdicts only
