@@ -1,17 +1,22 @@
 """Pseudo-masks and the U-Net trained on them: the band and self-training rules and the loss on hand-made
 arrays, and a study that reads no drawn mask of the training split."""
 
+import shutil
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
+from camseg_utils import data, pseudo_study
 from camseg_utils.pseudo_labels import (
     PseudoLabelError,
     Targets,
     band_targets,
     ignore_loss,
     kept_slices,
+    load_network,
     self_training_targets,
 )
 from camseg_utils.unet import _loss as unet_loss
@@ -71,7 +76,12 @@ def test_bad_targets_and_bands_are_named():
         Targets(z.astype(np.uint8), z)
     with pytest.raises(PseudoLabelError, match=r"band=1\.0: expected a number in \[0, 1\)"):
         band_targets(np.zeros((1, 2, 2)), z, np.ones(1, bool), 1.0)
-
+    with pytest.raises(PseudoLabelError, match="bands is empty"):
+        pseudo_study.PseudoGrid(bands=[])
+    with pytest.raises(PseudoLabelError, match="rounds=-1"):
+        pseudo_study.PseudoGrid(rounds=-1)
+    with pytest.raises(PseudoLabelError, match=r"empty_share=0: expected a share in \(0, 1\]"):
+        pseudo_study.PseudoGrid(empty_share=0)
 
 
 # ------------------------------------------------------------------ the loss
@@ -106,3 +116,41 @@ def test_loss_matches_bce_over_the_counted_pixels():
     soft = 1 - (2 * (p * t).sum((1, 2)) + 1) / (p.sum((1, 2)) + t.sum((1, 2)) + 1)
     want = F.binary_cross_entropy_with_logits(logits[keep], target[keep]) + soft.mean()
     assert ignore_loss(logits, target, ignore).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+# ------------------------------------------------------------------ no drawn training mask is read
+
+
+def _minimal_run(src, dst):
+    """What 07 reads from a run folder finished through 05; the classifier's calls follow the slice labels,
+    so that the smoke classifier (barely trained) leaves tumour slices to make pseudo-masks from."""
+    for rel in ("data", "metrics/05_dice.json", "models/small_cnn/best.pt", "models/unet/best.pt"):
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (src / rel).is_dir() else shutil.copy)(src / rel, dst / rel)
+    pred = pd.read_csv(src / "models" / "small_cnn" / "predictions.csv")
+    pred.assign(prob=np.where(pred.tumour, 0.9, 0.1)).to_csv(dst / "models" / "small_cnn" / "predictions.csv",
+                                                             index=False)
+
+
+def test_training_masks_are_never_read(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    clean, bad = tmp_path / "clean", tmp_path / "bad"
+    _minimal_run(run_dir, clean)
+    _minimal_run(run_dir, bad)
+    ds = data.load_dataset(bad / "data")
+    train = (ds.manifest.split == "train").to_numpy()
+    masks = ds.masks.copy()
+    masks[train] = ~masks[train]  # every drawn training mask inverted; labels, images and other splits kept
+    data.save_dataset(data.Dataset(ds.images, masks, ds.manifest), bad / "data")
+    grid = pseudo_study.PseudoGrid(bands=[0.3], rounds=1, epochs=1, empty_share=0.1)  # few empty slices: fast
+    runs = [pseudo_study.study_pseudo(r, grid, control=False, device="cpu", n_boot=20, resume=False, progress=False)
+            for r in (clean, bad)]
+    a, b = (s.sources["cam"] for s in runs)
+    assert len(a.rows) == len(b.rows) == 2 and a.rows[0]["slices_with_tumour"] > 0.1
+    assert 0 < a.rows[0]["ignored_pixels"] and 0 < a.rows[0]["tumour_pixels"]
+    for ra, rb in zip(a.rows, b.rows):
+        _, _, ca = load_network(ra["network"])
+        _, _, cb = load_network(rb["network"])
+        assert ca["config"] == cb["config"]  # holds the digest of the targets: the same pseudo-masks
+        assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])  # the same network
+    assert a.unet.scores == b.unet.scores
