@@ -60,6 +60,15 @@ def test_tables_from_a_smoke_run(smoke_run):
     clf = json.loads((run_dir / "metrics" / "02_train.json").read_text())["tables"]["Classifiers (test split)"][0]
     assert f"| {clf['arch']} |" in t["classifier"] and f"{clf['test_auc']:.3f}" in t["classifier"]
     assert "±" in t["retrain"] and "random (control)" in t["retrain"]
+    weak = json.loads((run_dir / "metrics" / "07_pseudo_labels.json").read_text())
+    rows = {line.split("|")[1].strip(): line for line in t["pseudo"].splitlines() if line.startswith("| ")}
+    p = weak["pseudo"]
+    assert f"{p['mean_dice']:.3f} [{p['mean_dice_ci'][0]:.3f}, {p['mean_dice_ci'][1]:.3f}]" in \
+        rows["U-Net on CAM pseudo-masks (weakly supervised)"]
+    assert f"band {p['band']:g}, round {p['round']}" in rows["U-Net on CAM pseudo-masks (weakly supervised)"]
+    assert f"{best['mean_dice']:.3f}" in rows["CAM masks it learned from (05)"]
+    assert f"{unet['mean_dice']:.3f}" in rows["U-Net, supervised (05, reference)"]
+    assert "U-Net on random-heatmap masks (control)" in rows
     for md in t.values():
         assert str(run_dir) in md and "12 patients" in md
 
@@ -69,7 +78,7 @@ def test_update_fills_only_the_named_blocks_and_is_repeatable(smoke_run, tmp_pat
     readme = tmp_path / "README.md"
     shutil.copy(README, readme)
     filled = readme_tables.update_readme(readme, {"synthetic": run_dir})
-    assert sorted(filled) == ["synthetic:classifier", "synthetic:dice", "synthetic:retrain"]
+    assert sorted(filled) == ["synthetic:classifier", "synthetic:dice", "synthetic:pseudo", "synthetic:retrain"]
     once = readme.read_text()
     assert readme_tables.tables(run_dir)["dice"] in once
     others = lambda text: [m.group(0) for m in readme_tables.MARKER.finditer(text) if m["name"] != "synthetic"]  # noqa: E731
