@@ -12,7 +12,10 @@ Our design decisions (not the paper's):
   inside it), pixels from ``c (1 - band)`` up to ``c (1 + band)`` are ignored by the loss,
   so the network, not the threshold, decides the tumour's edge; the mask's peak is never ignored;
 - self-training (:func:`self_training_targets`) takes the network's tumour probability as the
-  heatmap and 0.5 as the cut, with the same band: its confident pixels are the next targets;
+  heatmap and 0.5 as the cut: what it calls tumour with a probability below 0.5 (1 + band) is
+  ignored, the rest of its mask is tumour, and what it calls background stays background. The band
+  stops at the cut because a briefly trained network's background can sit just below 0.5 across
+  the whole slice: a band below the cut would then ignore most of every slice with a prediction;
 - the loss is 05's (binary cross-entropy plus per-slice soft Dice) over the pixels not ignored,
   and everything else in training is 05's recipe (:mod:`.unet`): the network, normalisation,
   augmentation (targets moved with the image), one-cycle schedule and the epoch kept by
@@ -93,13 +96,14 @@ def kept_slices(labels: np.ndarray, probs: np.ndarray, gate: float = CLASSIFIER_
 
 
 def band_targets(values: np.ndarray, masks: np.ndarray, keep: np.ndarray, band: float,
-                 cut: float | None = None) -> Targets:
+                 cut: float | None = None, below: bool = True) -> Targets:
     """Targets from float N x H x W ``values`` (a heatmap on the scale its ``masks`` were cut from)
     and their bool ``masks``, on the slices ``keep`` says (others: empty, nothing ignored).
 
     Per slice, the cut is ``cut`` or, when None, the smallest value inside the mask. Pixels with
-    ``cut (1 - band) <= value < min(cut (1 + band), the mask's peak)`` are ignored; mask pixels
-    above that are tumour; everything else is background. ``band`` 0: the masks themselves.
+    ``cut (1 - band) <= value < min(cut (1 + band), the mask's peak)`` are ignored (``below``
+    False: from the cut up only); mask pixels above that are tumour; everything else is
+    background. ``band`` 0: the masks themselves.
     """
     band = check_band(band)
     values, masks, keep = np.asarray(values, np.float32), np.asarray(masks, bool), np.asarray(keep, bool)
@@ -115,15 +119,16 @@ def band_targets(values: np.ndarray, masks: np.ndarray, keep: np.ndarray, band: 
         warnings.simplefilter("ignore", RuntimeWarning)
         c = np.nanmin(inside, (1, 2)) if cut is None else np.full(len(values), float(cut), np.float32)
         peak = np.nanmax(inside, (1, 2))
-    lo, hi = c * (1 - band), np.minimum(c * (1 + band), peak)
+    lo, hi = c * (1 - band) if below else c, np.minimum(c * (1 + band), peak)
     ignore = has[:, None, None] & (values >= lo[:, None, None]) & (values < hi[:, None, None])
     return Targets(m & ~ignore, ignore)
 
 
 def self_training_targets(prob_maps: np.ndarray, keep: np.ndarray, band: float) -> Targets:
-    """The next round's targets: a network's tumour probabilities (float N x H x W) as the heatmap, cut at 0.5."""
+    """The next round's targets from a network's tumour probabilities (float N x H x W): its mask (>= 0.5)
+    on the kept slices, the part below 0.5 (1 + ``band``) ignored, its background kept."""
     prob_maps = np.asarray(prob_maps, np.float32)
-    return band_targets(prob_maps, prob_maps >= 0.5, keep, band, cut=0.5)
+    return band_targets(prob_maps, prob_maps >= 0.5, keep, band, cut=0.5, below=False)
 
 
 def ignore_loss(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:

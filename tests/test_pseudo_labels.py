@@ -50,15 +50,17 @@ def test_band_never_ignores_the_mask_peak_and_skips_empty_slices():
     assert not t.mask[1].any() and not t.ignore[1].any()  # no mask, no band
 
 
-def test_self_training_targets_cut_the_probability_at_one_half():
-    probs = np.array([[[0.1, 0.3, 0.5, 0.6, 0.9]], [[0.1, 0.3, 0.5, 0.6, 0.9]], [[0.2, 0.45, 0.3, 0.1, 0.0]]],
-                     np.float32)
-    t = self_training_targets(probs, np.array([True, False, True]), 0.4)  # ignored: [0.3, 0.7)
+def test_self_training_targets_ignore_the_unsure_part_of_the_networks_mask():
+    probs = np.array([[[0.1, 0.3, 0.5, 0.6, 0.9]], [[0.1, 0.3, 0.5, 0.6, 0.9]], [[0.2, 0.45, 0.3, 0.1, 0.0]],
+                      [[0.45, 0.46, 0.47, 0.55, 0.95]]], np.float32)
+    t = self_training_targets(probs, np.array([True, False, True, True]), 0.4)  # ignored: [0.5, 0.7)
     assert t.mask[0, 0].tolist() == [F_, F_, F_, F_, T]
-    assert t.ignore[0, 0].tolist() == [F_, T, T, T, F_]
+    assert t.ignore[0, 0].tolist() == [F_, F_, T, T, F_]  # what it calls background stays background
     assert not t.mask[1].any() and not t.ignore[1].any()  # a slice not kept stays empty
-    assert not t.mask[2].any() and not t.ignore[2].any()  # nothing the network calls tumour: nothing uncertain
-    assert self_training_targets(probs, np.ones(3, bool), 0.0).mask[0, 0].tolist() == [F_, F_, T, T, T]
+    assert not t.mask[2].any() and not t.ignore[2].any()  # nothing the network calls tumour: nothing unsure
+    # a briefly trained network's background just below 0.5 is not swallowed by the band
+    assert t.ignore[3, 0].tolist() == [F_, F_, F_, T, F_] and t.mask[3, 0].tolist() == [F_, F_, F_, F_, T]
+    assert self_training_targets(probs, np.ones(4, bool), 0.0).mask[0, 0].tolist() == [F_, F_, T, T, T]
 
 
 def test_kept_slices_need_the_label_and_the_classifiers_call():
