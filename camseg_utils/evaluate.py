@@ -5,9 +5,10 @@
 Everything comes from the run folder: the classifier (``models/<arch>/best.pt``), the U-Net
 (``models/unet/best.pt``), and the CAM setting and every knob that notebook 05 chose on the
 validation split (method, layer, fusion, rule and value, heatmap scale and its reference,
-head gate, classifier gate, clean-up; the U-Net's 3-D clean-up). Nothing is tuned on the new data. Images of another
-size are resized exactly as in training (the report says so); slices without a mask get
-predictions only.
+head gate, classifier gate, clean-up; the U-Net's 3-D clean-up); when the run has finished
+notebook 07, also the U-Net trained on pseudo-masks with its 3-D clean-up. Nothing is tuned on
+the new data. Images of another size are resized exactly as in training (the report says so);
+slices without a mask get predictions only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import classification, data, metrics, protocol, train, unet
+from . import classification, data, metrics, protocol, pseudo_labels, train, unet
 from .heatmap_cache import cached_heatmaps
 from .io import UnreadableFileError, arrays_digest, atomic_path, file_sha256, read_json, write_json
 from .masks import head_masks
@@ -41,6 +42,23 @@ def required_files(run_dir: Path) -> tuple[dict, list[Path]]:
     need = [run_dir / "models" / arch / "best.pt", run_dir / "models" / "unet" / "best.pt"]
     missing += [p for p in need if not p.exists()]
     return chosen, missing
+
+
+def pseudo_network(run_dir: Path) -> dict | None:
+    """Notebook 07's chosen network (its record: ``network``, ``network_sha256``, ``volume_cleanup``), or None
+    when the run has none; a network file that is not the one 07 scored is refused."""
+    path = run_dir / "metrics" / "07_pseudo_labels.json"
+    if not path.exists():
+        return None
+    chosen = read_json(path).get("pseudo")
+    if not chosen:
+        return None
+    net = run_dir / chosen["network"]
+    if not net.is_file() or file_sha256(net) != chosen["network_sha256"]:
+        raise RunError(f"{net} is missing or not the network 07 scored (07_pseudo_labels.json records sha256 "
+                       f"{chosen['network_sha256'][:12]}); re-run notebook 07 on this run: python -m "
+                       f"camseg_utils.pipeline --preset NAME --run-dir {run_dir} --from 07_pseudo_labels")
+    return chosen
 
 
 MARKER = ".camseg-evaluate"  # in every output folder: only such a folder may be written into again
@@ -89,6 +107,7 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
     out_dir = Path(out_dir or run_dir / "external" / data_root.name)
     check_out_dir(out_dir, data_root)
     classifier_sha256 = check_classifier(run_dir, chosen, ckpt_path)
+    weak = pseudo_network(run_dir)
     dev = train.resolve_device(device)
     model, norm, ckpt = train.load_classifier(ckpt_path, device=dev)
     size = int(ckpt["image_size"])
@@ -108,20 +127,25 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
     net, unorm, _ = unet.load_unet(run_dir / "models" / "unet" / "best.pt", dev)
     unet_cleanup = float(chosen.get("unet_volume_cleanup", 0.0))  # absent: no 3-D clean-up
     unet_masks = unet.predict_volumes(net, unorm, ds, unet_cleanup, batch_size)
+    named = {"cam": cam_masks, "unet": unet_masks}
+    if weak:
+        wnet, wnorm, _ = pseudo_labels.load_network(run_dir / weak["network"], dev)
+        named["pseudo"] = unet.predict_volumes(wnet, wnorm, ds, float(weak["volume_cleanup"]), batch_size)
 
     # outputs: masks as PNG beside an index of what was read (paths only, no copies of the images)
     rows = []
     for i, r in m.iterrows():
         case_dir = out_dir / "masks" / r["case"]
         case_dir.mkdir(parents=True, exist_ok=True)
-        cam_png, unet_png = case_dir / f"{r['case']}_{r['slice']}_cam.png", case_dir / f"{r['case']}_{r['slice']}_unet.png"
-        for path, mask in ((cam_png, cam_masks[i]), (unet_png, unet_masks[i])):
+        pngs = {}
+        for name, masks in named.items():
+            pngs[f"{name}_mask"] = path = case_dir / f"{r['case']}_{r['slice']}_{name}.png"
             with atomic_path(path, suffix=".png") as tmp:
-                Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+                Image.fromarray(masks[i].astype(np.uint8) * 255).save(tmp, format="PNG")
         rows.append({"patient": r["patient"], "slice": r["slice"], "image_path": r["image_path"],
                      "mask_path": r["mask_path"], "tumour_probability": float(probs[i]),
-                     "predicted_tumour": bool(probs[i] >= 0.5), "cam_mask": str(cam_png.relative_to(out_dir)),
-                     "unet_mask": str(unet_png.relative_to(out_dir))})
+                     "predicted_tumour": bool(probs[i] >= 0.5),
+                     **{k: str(p.relative_to(out_dir)) for k, p in pngs.items()}})
     index = pd.DataFrame(rows)
 
     has = m["has_mask"].to_numpy()
@@ -132,17 +156,18 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
                                                                       "prob_gate", "cleanup", "guided_radius",
                                                                       "guided_eps", "guide_channel") if k in best},
               "unet_volume_cleanup": unet_cleanup, "skipped": ds.skipped,
+              **({"pseudo_network": weak["network"], "pseudo_volume_cleanup": float(weak["volume_cleanup"])} if weak else {}),
               "notes": {str(k): int(v) for k, v in m["notes"][m["notes"] != ""].value_counts().items()},
               "classifier_sha256": classifier_sha256, "provenance": provenance(data={
                   "data": data_fingerprint(data_root)})}
     if has.any():
         gt, pats = np.asarray(ds.masks)[has], m.patient.to_numpy()[has]
-        index.loc[has, "cam_dice"] = metrics.dice(cam_masks[has], gt)
-        index.loc[has, "unet_dice"] = metrics.dice(unet_masks[has], gt)
+        for name, masks in named.items():
+            index.loc[has, f"{name}_dice"] = metrics.dice(masks[has], gt)
         result["classification"] = {k: v for k, v in classification.classification_metrics(m.tumour[has], probs[has]).items()}
         seed = int(best.get("seed", 0))
-        result["cam"] = metrics.score_masks(cam_masks[has], gt, pats, n_boot, seed)
-        result["unet"] = metrics.score_masks(unet_masks[has], gt, pats, n_boot, seed)
+        for name, masks in named.items():
+            result[name] = metrics.score_masks(masks[has], gt, pats, n_boot, seed)
         if rand:
             rh = cached_heatmaps(out_dir, ckpt_path, ds.images, key, "random", "last", rand["fuse"], batch_size,
                                       dev, seed=int(rand.get("seed", 0)), progress=False, loader=lambda: (model, norm, ckpt))
@@ -163,7 +188,10 @@ def _write_report(out_dir: Path, r: dict) -> None:
              f"- classifier: {r['classifier']}; CAM: {s['method']} @ {s['layer']} (fuse {s['fuse']}), rule {s['rule']} "
              f"{s['value']:g}, scale {s['normalisation']}, head gate {s['head_gate']}, classifier gate {s['prob_gate']}, "
              f"clean-up {s['cleanup']}, guided refinement radius {s.get('guided_radius', 0)} (0: none); U-Net 3-D clean-up "
-             f"{r.get('unet_volume_cleanup', 0.0):g} (0: none); all chosen on the run's validation split, applied unchanged",
+             f"{r.get('unet_volume_cleanup', 0.0):g} (0: none)"
+             + (f"; U-Net trained on pseudo-masks (notebook 07, `{r['pseudo_network']}`), 3-D clean-up "
+                f"{r['pseudo_volume_cleanup']:g}" if r.get("pseudo_network") else "")
+             + "; all chosen on the run's validation split, applied unchanged",
              f"- images were resized from {r['resized_from']} to {r['image_size']} x {r['image_size']} exactly as in training"
              if r["resized_from"] else f"- images already at the run's size ({r['image_size']} x {r['image_size']})",
              f"- {r['seconds']:.0f} s", ""]
@@ -182,7 +210,8 @@ def _write_report(out_dir: Path, r: dict) -> None:
         lines += ["## Classifier", "", markdown_table([{k: c[k] for k in ("n", "accuracy", "sensitivity", "specificity", "auc")}]),
                   "## Segmentation (mean-Dice over slices with tumour; 95 % CIs by patient bootstrap)", ""]
         table = [{"masks": name, **{k: v for k, v in r[key].items()}} for name, key in
-                 (("best CAM setting", "cam"), ("U-Net (supervised)", "unet"), ("random heatmap", "random_baseline"))
+                 (("best CAM setting", "cam"), ("U-Net (supervised)", "unet"),
+                  ("U-Net on pseudo-masks (weakly supervised)", "pseudo"), ("random heatmap", "random_baseline"))
                  if key in r]
         lines.append(markdown_table(table))
     else:
@@ -209,7 +238,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     print(f"evaluated {r['slices']} slices in {r['seconds']:.0f} s; report {out / 'report.md'}")
     if "cam" in r:
         print(f"classifier accuracy {r['classification']['accuracy']:.3f}, AUC {r['classification']['auc']:.3f}; "
-              f"CAM mean-Dice {r['cam']['mean_dice']:.3f}, U-Net {r['unet']['mean_dice']:.3f}")
+              f"CAM mean-Dice {r['cam']['mean_dice']:.3f}, U-Net {r['unet']['mean_dice']:.3f}"
+              + (f", pseudo-label U-Net {r['pseudo']['mean_dice']:.3f}" if "pseudo" in r else ""))
     return 0
 
 

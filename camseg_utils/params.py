@@ -20,7 +20,7 @@ from .data import LGG_ENV, LGG_HELP
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PRESET_DIR = PACKAGE_DIR / "presets"
-STAGES = ["01_data", "02_train", "03_gradcam", "04_segmentation", "05_dice", "06_filtered_retrain"]
+STAGES = ["01_data", "02_train", "03_gradcam", "04_segmentation", "05_dice", "06_filtered_retrain", "07_pseudo_labels"]
 PRESET_KEYS = {"name", "description", "common", "notebooks"}
 LOCATIONS = ("run_dir", "figures_dir")  # where a run lives, not what it computes: not in the key
 SET_BY_PIPELINE = LOCATIONS + ("resume",)

@@ -5,10 +5,11 @@
     python -m camseg_utils.readme_tables figure RUN_DIR OUT.png [--index I]
 
 Tables come from the run's ``metrics/*.json`` only (02: classifiers, 05: Dice of the best CAM
-setting, the best heatmap alone, the U-Net and the random heatmap, 06: filtered re-training), and
+setting, the best heatmap alone, the U-Net and the random heatmap, 06: filtered re-training, 07:
+the U-Net trained on pseudo-masks beside its CAM masks, the supervised U-Net and the control), and
 each one names the run folder and, where the metrics record it, the commit that produced them.
 In the README a generated block sits between ``<!-- table:NAME:KIND -->`` and ``<!-- /table -->``
-(KIND: classifier, dice or retrain); ``update`` replaces the text between the markers of every
+(KIND: classifier, dice, retrain or pseudo); ``update`` replaces the text between the markers of every
 NAME given, so the tables are regenerated rather than edited by hand.
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from .io import read_json
 
-KINDS = ("classifier", "dice", "retrain")
+KINDS = ("classifier", "dice", "retrain", "pseudo")
 MARKER = re.compile(r"(<!-- table:(?P<name>[\w-]+):(?P<kind>[\w-]+) -->)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
@@ -202,9 +203,36 @@ def _condition(r: dict) -> str:
             "keep_dark": "soft keep-dark", "none": "unfiltered"}.get(f, f"{f} {k:g}")
 
 
+def pseudo_table(m: dict, run_dir: Path) -> str:
+    """Notebook 07: the U-Net trained on pseudo-masks beside the masks it learned from, the supervised U-Net
+    and the same path from random heatmaps."""
+    for key in ("pseudo", "cam", "unet"):
+        if not m.get(key):
+            raise ReadmeError(f"{run_dir / 'metrics/07_pseudo_labels.json'} has no '{key}' entry")
+
+    def net(r: dict) -> str:
+        return (f"band {float(r['band']):g}, round {int(r['round'])}, epoch {int(r['best_epoch'])}, "
+                + (f"3-D clean-up {float(r['volume_cleanup']):g}" if r.get("volume_cleanup") else "no 3-D clean-up"))
+
+    cam, unet = m["cam"], m["unet"]
+    entries = [("U-Net on CAM pseudo-masks (weakly supervised)", m["pseudo"]["source"], m["pseudo"], net(m["pseudo"])),
+               ("CAM masks it learned from (05)", m["pseudo"]["source"], cam, _setting(cam)),
+               ("U-Net, supervised (05, reference)", "drawn masks", unet,
+                f"3-D clean-up {float(unet['volume_cleanup']):g}" if unet.get("volume_cleanup") else "no 3-D clean-up")]
+    if m.get("control"):
+        entries.append(("U-Net on random-heatmap masks (control)", m["control"]["source"], m["control"], net(m["control"])))
+    body = [[name, what, _num(r.get("val_mean_dice")), _num(r["mean_dice"]) + _ci(r.get("mean_dice_ci")),
+             _num(r["patient_dice"]) + _ci(r.get("patient_dice_ci")), _num(r.get("fp_area")), chosen]
+            for name, what, r, chosen in entries]
+    header = ["masks", "trained on / from", "val mean-Dice", "test mean-Dice [95 % CI]", "patient Dice [95 % CI]",
+              "FP area", "chosen on validation"]
+    return (_table(header, body) + "\n" + f"No drawn mask of the training split was read; knobs chosen by "
+            f"{m.get('select_by', 'mean_dice')} on the validation split.\n")
+
+
 # kind -> (the stage whose metrics it reads, its body; :func:`table` adds where the numbers come from)
 TABLES = {"classifier": ("02_train", classifier_table), "dice": ("05_dice", dice_table),
-          "retrain": ("06_filtered_retrain", retrain_table)}
+          "retrain": ("06_filtered_retrain", retrain_table), "pseudo": ("07_pseudo_labels", pseudo_table)}
 
 
 def table(kind: str, metrics: dict[str, dict], run_dir: Path) -> str:
@@ -240,6 +268,10 @@ def update_readme(readme: str | Path, runs: dict[str, str | Path]) -> list[str]:
         if name not in cache:
             cache[name] = load_metrics(runs[name])
         filled.append(f"{name}:{kind}")
+        stage = TABLES[kind][0]
+        if stage not in cache[name]:  # a run that stopped earlier: said, not left stale or silently empty
+            return (f"{match[1]}\n*Not generated: `{Path(runs[name]) / 'metrics' / (stage + '.json')}` does not exist "
+                    f"(the run has not finished notebook {stage}).*\n{match[5]}")
         return f"{match[1]}\n{table(kind, cache[name], Path(runs[name]))}{match[5]}"
 
     new = MARKER.sub(fill, text)

@@ -1,4 +1,4 @@
-"""End to end: the smoke preset through all six notebooks under papermill."""
+"""End to end: the smoke preset through every notebook under papermill."""
 
 import json
 import math
@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from camseg_utils import pipeline, report
+from camseg_utils.io import file_sha256
 
 
 def _in_range(x, lo=0.0, hi=1.0):
@@ -22,7 +23,7 @@ def test_smoke_run_writes_every_output(smoke_run):
     for stage in pipeline.STAGES:
         assert (run_dir / "notebooks" / f"{stage}.ipynb").exists()
         assert (run_dir / "stages" / f"{stage}.json").exists()
-    for name in ("01_data", "02_train", "03_gradcam", "05_dice", "06_filtered_retrain"):
+    for name in ("01_data", "02_train", "03_gradcam", "05_dice", "06_filtered_retrain", "07_pseudo_labels"):
         assert (run_dir / "metrics" / f"{name}.json").exists(), name
     clf = json.loads((run_dir / "metrics" / "02_train.json").read_text())["tables"]["Classifiers (test split)"][0]
     assert all(_in_range(clf[k]) for k in ("test_accuracy", "test_auc", "test_sensitivity", "test_specificity"))
@@ -58,23 +59,49 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert len(retrain["verdicts"]) == 4  # two claims x (the CAM, its refinement)
     assert {v["verdict"] for v in retrain["verdicts"]} <= {"supported", "not supported", "inconclusive",
                                                           "confounded by the heatmap's shape"}
+    _check_pseudo_labels(run_dir, dice)
     for f in ("01_samples.png", "02_roc.png", "03_methods_small_cnn_middle.png", "04_threshold_layercam.png",
-              "05_dice_vs_threshold.png", "05_unet_vs_cam.png", "06_accuracy_vs_k.png"):
+              "05_dice_vs_threshold.png", "05_unet_vs_cam.png", "06_accuracy_vs_k.png", "07_pseudo_vs_unet.png"):
         assert (fig / f).stat().st_size > 1000, f
     md = (run_dir / "report.md").read_text()
     assert "Segmentation (test split)" in md and "Classifiers (test split)" in md
     assert "Verdicts per claim and test" in md and "shape only" in md
+    assert "Weakly supervised segmentation (test split)" in md
     # heatmap caches were written completely
     assert not list((run_dir / "heatmaps").rglob(".*"))
 
 
+def _check_pseudo_labels(run_dir, dice):
+    """Notebook 07: its table beside 05's rows, the choice on validation, the control's knobs, its networks."""
+    weak = json.loads((run_dir / "metrics" / "07_pseudo_labels.json").read_text())
+    rows = {r["masks"]: r for r in weak["tables"]["Weakly supervised segmentation (test split)"]}
+    assert rows["U-Net on CAM pseudo-masks (weakly supervised)"]["mean_dice"] == weak["pseudo"]["mean_dice"]
+    assert rows["CAM masks it learned from (05)"]["mean_dice"] == dice["best_cam"]["mean_dice"]
+    assert rows["U-Net, supervised (05)"]["patient_dice"] == dice["unet"]["patient_dice"]
+    assert rows["U-Net on random-heatmap masks (control)"]["mean_dice"] == weak["control"]["mean_dice"]
+    grid = pd.DataFrame(weak["val_grid"])
+    cam, ctrl = grid[grid.source == "cam"], grid[grid.source == "random"]
+    knobs = pipeline.load_preset("smoke")["notebooks"]["07_pseudo_labels"]
+    assert len(cam) == len(knobs["bands"]) + knobs["rounds"] and set(cam.band) >= set(knobs["bands"])
+    first = cam[cam["round"] == 0]  # self-training goes on with the band best at round 0
+    assert set(cam.loc[cam["round"] > 0, "band"]) == {first.band.iloc[first.val_mean_dice.to_numpy().argmax()]}
+    assert weak["pseudo"]["val_mean_dice"] == cam.val_mean_dice.max()
+    assert set(ctrl.band) == {weak["pseudo"]["band"]} and list(ctrl["round"]) == list(range(weak["pseudo"]["round"] + 1))
+    assert weak["control"]["round"] == weak["pseudo"]["round"]
+    for r in (weak["pseudo"], weak["control"]):
+        lo, hi = r["mean_dice_ci"]
+        assert lo <= r["mean_dice"] + 1e-9 and r["mean_dice"] <= hi + 1e-9
+        assert file_sha256(run_dir / r["network"]) == r["network_sha256"]
+    assert weak["provenance"]["preset"] == "smoke"
+
+
 def test_resume_skips_finished_stages(smoke_run, capsys):
     run_dir, fig = smoke_run
-    before = (run_dir / "stages" / "06_filtered_retrain.json").read_text()
+    before = (run_dir / "stages" / f"{pipeline.STAGES[-1]}.json").read_text()
     pipeline.run("smoke", run_dir=run_dir, figures_dir=fig, progress=False)
     out = capsys.readouterr().out
-    assert out.count("up to date, skipped") == 6
-    assert (run_dir / "stages" / "06_filtered_retrain.json").read_text() == before
+    assert out.count("up to date, skipped") == len(pipeline.STAGES)
+    assert (run_dir / "stages" / f"{pipeline.STAGES[-1]}.json").read_text() == before
 
 
 def test_a_copied_run_folder_resumes_like_the_original(smoke_run, tmp_path, capsys):
@@ -82,7 +109,7 @@ def test_a_copied_run_folder_resumes_like_the_original(smoke_run, tmp_path, caps
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     pipeline.run("smoke", run_dir=copy, figures_dir=tmp_path / "fig", progress=False)
-    assert capsys.readouterr().out.count("up to date, skipped") == 6
+    assert capsys.readouterr().out.count("up to date, skipped") == len(pipeline.STAGES)
     # a changed parameter still re-runs the stage it touches (stopping there keeps the test short)
     pipeline.run("smoke", {"01_data.seed": 1}, run_dir=copy, figures_dir=tmp_path / "fig", progress=False,
                  stop="01_data")
@@ -149,13 +176,15 @@ def test_evaluate_on_new_synthetic_patients_gives_a_complete_report(smoke_run, t
     tumour = np.array([np.asarray(Image.open(Path(p) if Path(p).is_absolute() else tmp_path / "cohort" / p)).any()
                        for p in pred["mask_path"]])
     assert 0 < tumour.sum() < len(pred)
-    for key, col in (("cam", "cam_dice"), ("unet", "unet_dice")):
-        assert r[key]["mean_dice"] == pytest.approx(pred.loc[tumour, col].mean(), rel=1e-12), key
+    for key in ("cam", "unet", "pseudo"):
+        assert r[key]["mean_dice"] == pytest.approx(pred.loc[tumour, f"{key}_dice"].mean(), rel=1e-12), key
     assert r["random_baseline"]["tumour_slices"] == tumour.sum()
     assert len(pred) == len(other) and pred["tumour_probability"].between(0, 1).all()
     assert all((tmp_path / "out" / p).exists() for p in pred["cam_mask"]) and pred["cam_dice"].notna().any()
+    assert all((tmp_path / "out" / p).exists() for p in pred["pseudo_mask"])
     md = (tmp_path / "out" / "report.md").read_text()
     assert "resized from [64] to 48 x 48" in md and "U-Net (supervised)" in md and str(run_dir) in md
+    assert "U-Net on pseudo-masks (weakly supervised)" in md and "models/pseudo/" in md
     assert "guided refinement radius" in md
     # nothing was written into the data folder
     assert not list((tmp_path / "cohort").rglob("*_cam.png"))
@@ -167,10 +196,12 @@ def test_evaluate_on_the_runs_own_test_patients_reproduces_notebook_05(smoke_run
     data.write_kaggle_layout(ds.split("test"), tmp_path / "test")
     r = evaluate.evaluate(run_dir, tmp_path / "test", tmp_path / "out", device="cpu", progress=False)
     chosen = json.loads((run_dir / "metrics" / "05_dice.json").read_text())
+    weak = json.loads((run_dir / "metrics" / "07_pseudo_labels.json").read_text())["pseudo"]
     for key in ("mean_dice", "mean_dice_ci", "patient_dice", "two_class_dice", "fp_area"):
         # the same masks; bootstrap sums may add in another order (last-digit rounding only)
         assert r["cam"][key] == pytest.approx(chosen["best_cam"][key], rel=1e-12, abs=1e-15), key
         assert r["unet"][key] == pytest.approx(chosen["unet"][key], rel=1e-12, abs=1e-15), key
+        assert r["pseudo"][key] == pytest.approx(weak[key], rel=1e-12, abs=1e-15), key
     assert r["resized_from"] == []
     clf = json.loads((run_dir / "metrics" / "02_train.json").read_text())["tables"]["Classifiers (test split)"][0]
     assert r["classification"]["accuracy"] == clf["test_accuracy"] and r["classification"]["auc"] == clf["test_auc"]
@@ -194,3 +225,15 @@ def test_evaluate_bad_input(smoke_run, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert evaluate.main(["--run", str(run_dir), "--data", str(tmp_path / "empty")]) == 1
     assert "no LGG cases found" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_network_07_did_not_score(tmp_path):
+    assert evaluate.pseudo_network(tmp_path) is None  # a run without notebook 07
+    net = tmp_path / "models" / "pseudo" / "cam" / "band0_round0" / "best.pt"
+    net.parent.mkdir(parents=True)
+    net.write_bytes(b"another network")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "07_pseudo_labels.json").write_text(json.dumps(
+        {"pseudo": {"network": str(net.relative_to(tmp_path)), "network_sha256": "0" * 64, "volume_cleanup": 0.0}}))
+    with pytest.raises(evaluate.RunError, match=r"not the network 07 scored .*--from 07_pseudo_labels"):
+        evaluate.pseudo_network(tmp_path)

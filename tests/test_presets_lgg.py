@@ -32,6 +32,10 @@ TINY = {
     "06_filtered_retrain.refined_ks": [10],
     "06_filtered_retrain.retrain_size": 32,
     "06_filtered_retrain.retrain_epochs": 1,
+    "07_pseudo_labels.bands": [0.3],
+    "07_pseudo_labels.rounds": 1,
+    "07_pseudo_labels.epochs": 1,
+    "07_pseudo_labels.n_boot": 20,
 }
 
 
@@ -51,3 +55,4 @@ def test_lgg_preset_runs_end_to_end_on_a_few_patients(preset, tmp_path):
     assert {r["layer"] for r in rows} - {"-"} == set(full["common"]["layers"])
     assert dice["classifier_sha256"]
     assert (run_dir / "metrics" / "06_filtered_retrain.json").is_file()
+    assert json.loads((run_dir / "metrics" / "07_pseudo_labels.json").read_text())["pseudo"]["round"] in (0, 1)

@@ -60,6 +60,15 @@ def test_tables_from_a_smoke_run(smoke_run):
     clf = json.loads((run_dir / "metrics" / "02_train.json").read_text())["tables"]["Classifiers (test split)"][0]
     assert f"| {clf['arch']} |" in t["classifier"] and f"{clf['test_auc']:.3f}" in t["classifier"]
     assert "±" in t["retrain"] and "random (control)" in t["retrain"]
+    weak = json.loads((run_dir / "metrics" / "07_pseudo_labels.json").read_text())
+    rows = {line.split("|")[1].strip(): line for line in t["pseudo"].splitlines() if line.startswith("| ")}
+    p = weak["pseudo"]
+    assert f"{p['mean_dice']:.3f} [{p['mean_dice_ci'][0]:.3f}, {p['mean_dice_ci'][1]:.3f}]" in \
+        rows["U-Net on CAM pseudo-masks (weakly supervised)"]
+    assert f"band {p['band']:g}, round {p['round']}" in rows["U-Net on CAM pseudo-masks (weakly supervised)"]
+    assert f"{best['mean_dice']:.3f}" in rows["CAM masks it learned from (05)"]
+    assert f"{unet['mean_dice']:.3f}" in rows["U-Net, supervised (05, reference)"]
+    assert "U-Net on random-heatmap masks (control)" in rows
     for md in t.values():
         assert str(run_dir) in md and "12 patients" in md
 
@@ -69,7 +78,7 @@ def test_update_fills_only_the_named_blocks_and_is_repeatable(smoke_run, tmp_pat
     readme = tmp_path / "README.md"
     shutil.copy(README, readme)
     filled = readme_tables.update_readme(readme, {"synthetic": run_dir})
-    assert sorted(filled) == ["synthetic:classifier", "synthetic:dice", "synthetic:retrain"]
+    assert sorted(filled) == ["synthetic:classifier", "synthetic:dice", "synthetic:pseudo", "synthetic:retrain"]
     once = readme.read_text()
     assert readme_tables.tables(run_dir)["dice"] in once
     others = lambda text: [m.group(0) for m in readme_tables.MARKER.finditer(text) if m["name"] != "synthetic"]  # noqa: E731
@@ -129,3 +138,17 @@ def test_retrain_table_puts_each_reading_beside_its_shape_control(tmp_path):
     assert "50 %" not in md and "k = 10 %" in md  # only the smallest k in the README
     assert "| soft keep-dark | 0.850 ± 0.010 | 0.930 ± 0.020 | -0.080 ± 0.030 |" in md
     assert "**confounded**" in md and "**supported**" not in md  # overall verdicts only
+
+
+def test_update_says_which_stage_a_stopped_run_lacks(tmp_path):
+    run = tmp_path / "run"
+    (run / "metrics").mkdir(parents=True)
+    clf = {"arch": "small_cnn", "best_epoch": 3, "val_auc": 0.9, "test_accuracy": 0.8, "test_sensitivity": 0.7,
+           "test_specificity": 0.9, "test_auc": 0.91, "train_seconds": 5.0}
+    (run / "metrics" / "02_train.json").write_text(json.dumps({"tables": {"Classifiers (test split)": [clf]}}))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- table:x:classifier -->\nold\n<!-- /table -->\n<!-- table:x:retrain -->\nold\n<!-- /table -->\n")
+    assert sorted(readme_tables.update_readme(readme, {"x": run})) == ["x:classifier", "x:retrain"]
+    text = readme.read_text()
+    assert "old" not in text and "| small_cnn |" in text and "0.910" in text
+    assert f"*Not generated: `{run / 'metrics' / '06_filtered_retrain.json'}` does not exist" in text

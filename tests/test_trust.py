@@ -95,6 +95,10 @@ def test_each_stage_is_keyed_by_the_package_modules_it_imports():
     assert "selection.py" not in files("02_train") and "metrics.py" not in files("02_train")
     assert {"metrics.py", "io.py", "data.py", "__init__.py"} <= files("05_dice")
     assert "train.py" in files("02_train")
+    # 07's own modules key 07 alone: changing them leaves 01-06 (hours of a long run) up to date
+    weak = {"pseudo_labels.py", "pseudo_study.py"}
+    assert weak <= files("07_pseudo_labels")
+    assert not any(weak & files(s) for s in pipeline.STAGES if s != "07_pseudo_labels")
 
 
 def test_a_comment_in_metrics_reruns_what_reads_it_and_not_training(smoke_run, tmp_path, monkeypatch, capsys):
@@ -161,7 +165,7 @@ def test_a_run_folder_is_locked_while_a_pipeline_works_in_it(tmp_path):
 
 def test_every_metrics_file_and_the_report_carry_provenance(smoke_run):
     run_dir, _ = smoke_run
-    for stage in ("01_data", "02_train", "03_gradcam", "05_dice", "06_filtered_retrain"):
+    for stage in ("01_data", "02_train", "03_gradcam", "05_dice", "06_filtered_retrain", "07_pseudo_labels"):
         p = read_json(run_dir / "metrics" / f"{stage}.json")["provenance"]
         assert len(p["package_source_sha256"]) == 64 and p["preset"] == "smoke"
         assert p["versions"]["torch"] == torch.__version__ and p["machine"]["cpu"]

@@ -1,0 +1,247 @@
+"""Pseudo-masks and the U-Net trained on them: weakly supervised segmentation from slice labels.
+
+A pseudo-mask is made on a training slice from what needs no drawn mask: the image, the slice's
+label (tumour or not) and the classifier's heatmap and call. :class:`Targets` holds the tumour
+pixels and the pixels the loss ignores; :func:`train_on_targets` trains 05's U-Net on them.
+
+Our design decisions (not the paper's):
+- a slice labelled tumour-free, or called tumour-free by the classifier, gets an empty target
+  with nothing ignored (:func:`kept_slices`): the label is known, and a missed tumour has no
+  heatmap worth learning from;
+- the uncertain band (:func:`band_targets`): around a mask's cut ``c`` (the coolest value
+  inside it), pixels from ``c (1 - band)`` up to ``c (1 + band)`` are ignored by the loss,
+  so the network, not the threshold, decides the tumour's edge; the mask's peak is never ignored;
+- self-training (:func:`self_training_targets`) takes the network's tumour probability as the
+  heatmap and 0.5 as the cut: what it calls tumour with a probability below 0.5 (1 + band) is
+  ignored, the rest of its mask is tumour, and what it calls background stays background. The band
+  stops at the cut because a briefly trained network's background can sit just below 0.5 across
+  the whole slice: a band below the cut would then ignore most of every slice with a prediction;
+- the loss is 05's (binary cross-entropy plus per-slice soft Dice) over the pixels not ignored,
+  and everything else in training is 05's recipe (:mod:`.unet`): the network, normalisation,
+  augmentation (targets moved with the image), one-cycle schedule and the epoch kept by
+  validation mean-Dice. ``empty_share`` < 1 draws only that share of the slices with an empty
+  target afresh every epoch, which shortens an epoch where most slices are tumour-free.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import Dataset
+from .device import resolve_device, to_tensor
+from .io import UnreadableFileError, arrays_digest, load_torch, save_torch
+from .metrics import mean_dice
+from .train import Normalise, augment_batch, channel_stats, seed_everything, versions
+from .unet import UNet, predict_masks
+
+CLASSIFIER_GATE = 0.5  # a slice the classifier calls tumour-free (probability below this) gets an empty target
+RETRAIN_HINT = "; re-create it with: python -m camseg_utils.pipeline --preset NAME --from 07_pseudo_labels"
+
+
+class PseudoLabelError(ValueError):
+    """Inputs to pseudo-masks or their training that do not fit together; the message names them."""
+
+
+@dataclass
+class Targets:
+    """Training targets of N slices: ``mask`` (bool N x H x W, tumour) and ``ignore`` (bool N x H x W,
+    left out of the loss); a pixel is never both."""
+
+    mask: np.ndarray
+    ignore: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.mask, self.ignore = np.asarray(self.mask), np.asarray(self.ignore)
+        for name, a in (("mask", self.mask), ("ignore", self.ignore)):
+            if a.ndim != 3 or a.dtype != bool:
+                raise PseudoLabelError(f"targets: {name} must be bool N x H x W, got {a.dtype} {a.shape}")
+        if self.mask.shape != self.ignore.shape:
+            raise PseudoLabelError(f"targets: mask {self.mask.shape} and ignore {self.ignore.shape} differ in shape")
+        if (self.mask & self.ignore).any():
+            raise PseudoLabelError("targets: a pixel is both tumour and ignored")
+
+    def __len__(self) -> int:
+        return len(self.mask)
+
+    def shares(self) -> dict:
+        """Share of slices with tumour pixels, and of pixels marked tumour and ignored on those slices."""
+        has = self.mask.any((1, 2))
+        n = max(int(has.sum()), 1) * int(np.prod(self.mask.shape[1:]))
+        return {"slices_with_tumour": float(has.mean()) if len(has) else float("nan"),
+                "tumour_pixels": float(self.mask[has].sum() / n), "ignored_pixels": float(self.ignore[has].sum() / n)}
+
+
+def check_band(band: float) -> float:
+    if not (isinstance(band, (int, float)) and 0 <= band < 1):
+        raise PseudoLabelError(f"band={band!r}: expected a number in [0, 1) (the uncertain band's relative half-width)")
+    return float(band)
+
+
+def kept_slices(labels: np.ndarray, probs: np.ndarray, gate: float = CLASSIFIER_GATE) -> np.ndarray:
+    """Bool per slice: labelled tumour and called tumour by the classifier (probability >= ``gate``)."""
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    if labels.shape != probs.shape or labels.ndim != 1:
+        raise PseudoLabelError(f"labels {labels.shape} and classifier probabilities {probs.shape}: expected one of "
+                               f"each per slice")
+    return labels.astype(bool) & (probs >= gate)
+
+
+def band_targets(values: np.ndarray, masks: np.ndarray, keep: np.ndarray, band: float,
+                 cut: float | None = None, below: bool = True) -> Targets:
+    """Targets from float N x H x W ``values`` (a heatmap on the scale its ``masks`` were cut from)
+    and their bool ``masks``, on the slices ``keep`` says (others: empty, nothing ignored).
+
+    Per slice, the cut is ``cut`` or, when None, the smallest value inside the mask. Pixels with
+    ``cut (1 - band) <= value < min(cut (1 + band), the mask's peak)`` are ignored (``below``
+    False: from the cut up only); mask pixels above that are tumour; everything else is
+    background. ``band`` 0: the masks themselves.
+    """
+    band = check_band(band)
+    values, masks, keep = np.asarray(values, np.float32), np.asarray(masks, bool), np.asarray(keep, bool)
+    if values.shape != masks.shape or values.ndim != 3 or keep.shape != values.shape[:1]:
+        raise PseudoLabelError(f"band targets: values {values.shape}, masks {masks.shape} and keep {keep.shape}: "
+                               f"expected N x H x W, N x H x W and N")
+    m = masks & keep[:, None, None]
+    if band == 0:
+        return Targets(m, np.zeros_like(m))
+    inside = np.where(m, values, np.nan)
+    has = m.any((1, 2))
+    with warnings.catch_warnings():  # slices without a mask give NaN cuts, used nowhere
+        warnings.simplefilter("ignore", RuntimeWarning)
+        c = np.nanmin(inside, (1, 2)) if cut is None else np.full(len(values), float(cut), np.float32)
+        peak = np.nanmax(inside, (1, 2))
+    lo, hi = c * (1 - band) if below else c, np.minimum(c * (1 + band), peak)
+    ignore = has[:, None, None] & (values >= lo[:, None, None]) & (values < hi[:, None, None])
+    return Targets(m & ~ignore, ignore)
+
+
+def self_training_targets(prob_maps: np.ndarray, keep: np.ndarray, band: float) -> Targets:
+    """The next round's targets from a network's tumour probabilities (float N x H x W): its mask (>= 0.5)
+    on the kept slices, the part below 0.5 (1 + ``band``) ignored, its background kept."""
+    prob_maps = np.asarray(prob_maps, np.float32)
+    return band_targets(prob_maps, prob_maps >= 0.5, keep, band, cut=0.5, below=False)
+
+
+def ignore_loss(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:
+    """05's U-Net loss (binary cross-entropy + per-slice soft Dice) over the pixels not ``ignore``d.
+
+    Cross-entropy is averaged over the counted pixels; the soft Dice counts neither the prediction
+    nor the target at an ignored pixel. Nothing ignored: exactly 05's loss."""
+    w = 1 - ignore.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce = (bce * w).sum() / w.sum().clamp(min=1)
+    p, t = torch.sigmoid(logits) * w, target * w
+    inter = (p * t).sum((1, 2))
+    soft_dice = 1 - (2 * inter + 1) / (p.sum((1, 2)) + t.sum((1, 2)) + 1)
+    return bce + soft_dice.mean()
+
+
+@torch.no_grad()
+def probability_maps(model: nn.Module, norm: Normalise, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """The network's tumour probability per pixel, float32 N x H x W (``predict_masks`` is these >= 0.5)."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        xb = norm(to_tensor(np.asarray(images[i:i + batch_size]), device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(torch.sigmoid(model(xb).float()).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], np.float32)
+
+
+def load_network(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Normalise, dict]:
+    """A U-Net trained on pseudo-masks, from its ``best.pt``: (model in eval mode, normalisation, checkpoint)."""
+    ckpt = load_torch(path, "pseudo-label U-Net checkpoint", RETRAIN_HINT)
+    model = UNet(ckpt["config"]["width"]).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), Normalise(ckpt["norm_mean"], ckpt["norm_std"]).to(device), ckpt
+
+
+def train_on_targets(images: np.ndarray, targets: Targets, val: Dataset, out_dir: str | Path, epochs: int = 8,
+                     batch_size: int = 16, lr: float = 3e-3, width: int = 8, seed: int = 0, device: str = "auto",
+                     empty_share: float = 1.0, resume: bool = True,
+                     progress: bool = True) -> tuple[nn.Module, Normalise, dict]:
+    """Train the U-Net on uint8 N x H x W x 3 training ``images`` and their :class:`Targets` (or, with
+    ``resume``, reload a ``best.pt`` made with the same settings from the same pixels and targets).
+
+    The epoch with the best mean-Dice on ``val`` (its drawn masks) is kept, as for 05's U-Net."""
+    from tqdm.auto import tqdm
+
+    if len(images) != len(targets) or np.asarray(images).shape[1:3] != targets.mask.shape[1:]:
+        raise PseudoLabelError(f"{len(images)} images of {np.asarray(images).shape[1:3]} but {len(targets)} targets of "
+                               f"{targets.mask.shape[1:]}")
+    if int(epochs) != epochs or epochs < 1:
+        raise PseudoLabelError(f"epochs={epochs!r}: expected a whole number >= 1")
+    if not 0 < empty_share <= 1:
+        raise PseudoLabelError(f"empty_share={empty_share!r}: expected a share in (0, 1]")
+    out_dir, dev = Path(out_dir), resolve_device(device)
+    config = {"epochs": int(epochs), "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
+              "empty_share": float(empty_share), "image_size": int(images.shape[1]),
+              "data_sha256": arrays_digest(images, targets.mask, targets.ignore, val.images, val.masks)}
+    path = out_dir / "best.pt"
+    if resume and path.exists():
+        try:
+            if load_torch(path, "pseudo-label U-Net checkpoint").get("config") == config:
+                return load_network(path, dev)
+        except UnreadableFileError as e:  # a cache: recompute it
+            warnings.warn(f"{e}: training afresh", stacklevel=2)
+    seed_everything(seed)
+    mean, std = channel_stats(images)
+    norm = Normalise(mean, std).to(dev)
+    model = UNet(width).to(dev)
+    x = to_tensor(images, dev)
+    y = torch.from_numpy(np.stack([targets.mask, targets.ignore], 1)).to(dev)
+    has = torch.from_numpy(np.flatnonzero(targets.mask.any((1, 2)) | targets.ignore.any((1, 2))))
+    empty = torch.from_numpy(np.flatnonzero(~(targets.mask.any((1, 2)) | targets.ignore.any((1, 2)))))
+    n_empty = len(empty) if empty_share == 1 else int(round(empty_share * len(empty)))
+    steps = math.ceil((len(has) + n_empty) / batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    # one-cycle needs more than 5 steps at pct_start 0.2; a tiny run of fewer ends before its schedule does
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(epochs * steps, 6), pct_start=0.2)
+    gen = torch.Generator().manual_seed(seed)  # epoch order and the empty slices drawn, on the CPU
+    aug_gen = torch.Generator(device=dev).manual_seed(seed)  # augmentation, on the device
+    val_gt = np.asarray(val.masks)
+    best, state, history, t0 = None, None, [], time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        if n_empty == len(empty):
+            perm = torch.randperm(len(x), generator=gen)
+        else:
+            pick = torch.cat([has, empty[torch.randperm(len(empty), generator=gen)[:n_empty]]])
+            perm = pick[torch.randperm(len(pick), generator=gen)]
+        perm, total = perm.to(dev), torch.zeros((), device=dev)
+        for s in tqdm(range(steps), desc=f"U-Net epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
+            idx = perm[s * batch_size:(s + 1) * batch_size]
+            xb, yb = augment_batch(x[idx].float() / 255, aug_gen, y[idx].float())
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                logits = model(norm(xb))
+            loss = ignore_loss(logits.float(), yb[:, 0], yb[:, 1])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.detach() * len(idx)
+        seen = len(perm)
+        vd = mean_dice(predict_masks(model, norm, val.images), val_gt)
+        history.append({"epoch": epoch + 1, "train_loss": total.item() / seen, "val_mean_dice": vd,
+                        "seconds": time.perf_counter() - t0})
+        if progress:
+            print(f"U-Net epoch {epoch + 1}/{epochs}: loss {total.item() / seen:.3f}, val mean-Dice {vd:.3f}")
+        if best is None or vd > best["val_mean_dice"]:
+            best = dict(history[-1])
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    ckpt = {"config": config, "model": state, "norm_mean": mean, "norm_std": std, "best": best, "history": history,
+            "versions": versions()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_torch(path, ckpt)
+    return model.eval(), norm, ckpt

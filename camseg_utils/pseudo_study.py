@@ -1,0 +1,267 @@
+"""Notebook 07's protocol: a U-Net trained on pseudo-masks, its knobs chosen on validation, scored once on test.
+
+On the training split only images and slice labels are read (:func:`training_inputs`): pseudo-masks
+come from the CAM setting notebook 05 chose on validation, applied unchanged to the training
+heatmaps (:mod:`.pseudo_labels`). Every uncertain band is trained once; the band best on
+validation goes on to the self-training rounds; the (band, round) best on validation by 05's
+``select_by`` is chosen, then the 3-D clean-up of its masks, as for 05's U-Net. Each training
+keeps its best epoch on validation. The random heatmap, with 05's setting for it, goes through the
+same path with the chosen band and rounds: what a network learns from noise and the gates alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import heatmap_cache, protocol
+from .data import Dataset, load_dataset
+from .device import resolve_device
+from .io import file_sha256, load_torch, read_json
+from .masks import head_masks, scaled_heatmaps
+from .pseudo_labels import (
+    PseudoLabelError,
+    band_targets,
+    check_band,
+    kept_slices,
+    load_network,
+    probability_maps,
+    self_training_targets,
+    train_on_targets,
+)
+from .selection import SELECT_BY
+from .unet import choose_volume_cleanup, load_unet, predict_volumes
+
+TABLE = "Weakly supervised segmentation (test split)"
+GRID_TABLE = "Pseudo-label U-Net on validation (one row per band and round)"
+SOURCES = {"cam": "U-Net on CAM pseudo-masks (weakly supervised)", "random": "U-Net on random-heatmap masks (control)"}
+
+
+@dataclass
+class PseudoGrid:
+    """What 07 tries: uncertain ``bands`` (round 0), self-training ``rounds`` after it, ``epochs`` per
+    training (the best one kept), the share of empty-target slices per epoch and the U-Net's 3-D clean-ups."""
+
+    bands: Sequence[float] = (0.0,)
+    rounds: int = 0
+    epochs: int = 8
+    empty_share: float = 1.0
+    volume_cleanups: Sequence[float] = (0.0, 0.1, 0.3, 1.0)
+    select_by: str = "mean_dice"
+
+    def __post_init__(self) -> None:
+        if not len(self.bands):
+            raise PseudoLabelError("bands is empty: give at least one (0 means no uncertain band)")
+        self.bands = [check_band(b) for b in self.bands]
+        if int(self.rounds) != self.rounds or self.rounds < 0:
+            raise PseudoLabelError(f"rounds={self.rounds!r}: expected a whole number >= 0 (0: no self-training)")
+        if int(self.epochs) != self.epochs or self.epochs < 1:
+            raise PseudoLabelError(f"epochs={self.epochs!r}: expected a whole number >= 1")
+        if not 0 < self.empty_share <= 1:
+            raise PseudoLabelError(f"empty_share={self.empty_share!r}: expected a share in (0, 1]")
+        if self.select_by not in SELECT_BY:
+            raise PseudoLabelError(f"select_by={self.select_by!r}: expected one of {SELECT_BY}")
+
+
+@dataclass
+class SourceStudy:
+    """One heatmap source through 07: its 05 setting, a validation row per network trained, the chosen
+    row and the chosen network's test study (3-D clean-up chosen on validation)."""
+
+    name: str
+    setting: dict
+    rows: list[dict]
+    chosen: dict
+    unet: protocol.UnetStudy | None = None
+
+
+@dataclass
+class PseudoStudy:
+    """:func:`study_pseudo`'s outcome: per source ('cam', 'random') its study, 05's record, the grid as run
+    (``select_by`` and the 3-D clean-ups taken from 05), the test split and 05's test masks."""
+
+    sources: dict[str, SourceStudy]
+    dice: dict
+    grid: PseudoGrid
+    test: protocol.Split
+    extra_masks: dict = field(default_factory=dict)  # test masks of 05's CAM setting and U-Net, for figures
+
+
+def training_inputs(part: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """A training split's images and slice labels: all that pseudo-masks may use (its drawn masks are never read)."""
+    return part.images, part.manifest["tumour"].to_numpy().astype(bool)
+
+
+def setting_values(heatmaps, setting: dict, images: np.ndarray, probs: np.ndarray, device=None):
+    """A 05 setting applied unchanged to other slices: (heatmaps on the setting's scale, its masks)."""
+    refined, masks = protocol.apply_chosen(heatmaps, setting, images, head_masks(images), probs, device)
+    return scaled_heatmaps(refined, setting["normalisation"], setting.get("reference")), masks
+
+
+def _train(images, targets, val: Dataset, out_dir: Path, grid: PseudoGrid, band: float, rnd: int, **train_kw):
+    net, norm, ck = train_on_targets(images, targets, val, out_dir, grid.epochs, empty_share=grid.empty_share,
+                                     **train_kw)
+    chosen, _ = choose_volume_cleanup(net, norm, val, grid.volume_cleanups, grid.select_by)
+    row = {"band": band, "round": rnd, "best_epoch": ck["best"]["epoch"], "val_mean_dice": chosen["mean_dice"],
+           "val_patient_dice": chosen["patient_dice"], "val_fp_area": chosen["fp_area"],
+           "volume_cleanup": chosen["volume_cleanup"], **targets.shares(),
+           "train_seconds": ck["history"][-1]["seconds"], "network": str(out_dir / "best.pt")}
+    return row, (net, norm)
+
+
+def study_source(name: str, values: np.ndarray, masks: np.ndarray, images: np.ndarray, keep: np.ndarray,
+                 val: Dataset, out_dir: str | Path, grid: PseudoGrid, choose: bool = True, predict_batch: int = 32,
+                 **train_kw) -> SourceStudy:
+    """Train on the pseudo-masks of every band, self-train the best band ``grid.rounds`` times, choose.
+
+    ``values``/``masks``: the training slices' heatmaps on their setting's scale and its masks;
+    ``keep``: :func:`.pseudo_labels.kept_slices`. ``choose`` False takes the last network trained
+    (the control, trained with knobs chosen for the CAM). ``train_kw`` go to :func:`.pseudo_labels.train_on_targets`."""
+    out_dir, key = Path(out_dir), f"val_{grid.select_by}"
+    rows, nets = [], {}
+    for band in grid.bands:
+        row, nets[band, 0] = _train(images, band_targets(values, masks, keep, band), val,
+                                    out_dir / name / f"band{band:g}_round0", grid, band, 0, **train_kw)
+        rows.append(row)
+    band = max(rows, key=lambda r: r[key])["band"]  # max keeps the first of equals
+    for rnd in range(1, grid.rounds + 1):
+        targets = self_training_targets(probability_maps(*nets[band, rnd - 1], images, predict_batch), keep, band)
+        row, nets[band, rnd] = _train(images, targets, val, out_dir / name / f"band{band:g}_round{rnd}", grid, band,
+                                      rnd, **train_kw)
+        rows.append(row)
+    chosen = max(rows, key=lambda r: r[key]) if choose else rows[-1]
+    return SourceStudy(name, {}, rows, chosen)
+
+
+def study_pseudo(run_dir: str | Path, grid: PseudoGrid, control: bool = True, batch_size: int = 32,
+                 device: str = "auto", seed: int = 0, n_boot: int = 1000, resume: bool = True,
+                 progress: bool = True) -> PseudoStudy:
+    """Notebook 07 on a run folder finished through 05: pseudo-masks of the training split from 05's chosen
+    CAM setting (and, with ``control``, from its random-heatmap setting), U-Nets trained on them, scored on test."""
+    run_dir = Path(run_dir)
+    dice_path = run_dir / "metrics" / "05_dice.json"
+    if not dice_path.is_file():
+        raise PseudoLabelError(f"{dice_path} is missing: run the pipeline through notebook 05 first")
+    dice = read_json(dice_path)
+    fractions = [r["volume_cleanup"] for r in dice.get("unet_val_volume_cleanups") or []]
+    grid = replace(grid, select_by=dice.get("select_by", grid.select_by),
+                   volume_cleanups=fractions or list(grid.volume_cleanups))  # as 05 chose for its U-Net
+    ds = load_dataset(run_dir / "data", mmap=True)
+    images, labels = training_inputs(ds.split("train"))
+    va, te = ds.split("val"), ds.split("test")
+    test, dev = protocol.Split.of(te), resolve_device(device)
+    best = dice["best_cam"]
+    ckpt = run_dir / "models" / best["arch"] / "best.pt"
+    pred = pd.read_csv(run_dir / "models" / best["arch"] / "predictions.csv")
+    p_train, p_test = (pred.loc[pred.split == s, "prob"].to_numpy() for s in ("train", "test"))
+    keep = kept_slices(labels, p_train)
+    recipe = load_torch(run_dir / "models" / "unet" / "best.pt", "U-Net checkpoint")["config"]  # 05's U-Net
+    train_kw = {"batch_size": recipe["batch_size"], "lr": recipe["lr"], "width": recipe["width"], "seed": seed,
+                "device": device, "resume": resume, "progress": progress}
+    settings = {"cam": best, **({"random": dice["random_baseline"]} if control and dice.get("random_baseline") else {})}
+    sources = {}
+    for name, setting in settings.items():
+        layer = setting["layer"] if setting["layer"] != "-" else "last"  # baselines do not depend on the layer
+        hm = heatmap_cache.cached_heatmaps(run_dir, ckpt, images, "train", setting["method"], layer,
+                                           setting.get("fuse", "mean"), batch_size, dev,
+                                           seed=int(setting.get("seed", 0)), progress=progress)
+        values, masks = setting_values(hm, setting, images, p_train, dev)
+        g = grid if name == "cam" else replace(grid, bands=[sources["cam"].chosen["band"]],
+                                               rounds=sources["cam"].chosen["round"])
+        s = study_source(name, values, masks, images, keep, va, run_dir / "models" / "pseudo", g,
+                         choose=name == "cam", predict_batch=batch_size, **train_kw)
+        del values, masks
+        net, norm, _ = load_network(s.chosen["network"], dev)
+        s.setting, s.unet = setting, protocol.study_unet(net, norm, va, test, grid.volume_cleanups, grid.select_by,
+                                                         n_boot, seed, batch_size=batch_size)
+        sources[name] = s
+    hm = heatmap_cache.cached_heatmaps(run_dir, ckpt, te.images, "test", best["method"], best["layer"],
+                                       best.get("fuse", "mean"), batch_size, dev, seed=int(best.get("seed", 0)),
+                                       progress=progress)
+    extra = {"cam": protocol.apply_chosen(hm, best, te.images, test.heads, p_test, dev)[1]}
+    net, unorm, _ = load_unet(run_dir / "models" / "unet" / "best.pt", dev)
+    extra["unet"] = predict_volumes(net, unorm, te, float(dice.get("unet_volume_cleanup") or 0), batch_size)
+    return PseudoStudy(sources, dice, grid, test, extra)
+
+
+COLUMNS = ["masks", "source", "val_mean_dice", "val_patient_dice", "mean_dice", "mean_dice_ci", "patient_dice",
+           "patient_dice_ci", "two_class_dice", "fp_area", "band", "round", "best_epoch", "volume_cleanup"]
+
+
+def source_name(setting: dict) -> str:
+    if setting.get("layer") in (None, "-"):
+        return f"{setting['method']} heatmap"
+    return f"{setting['arch']} {setting['method']} @ {setting['layer']}" + (
+        " + guided" if setting.get("refinement") == "guided" else "")
+
+
+def results_table(study: PseudoStudy) -> pd.DataFrame:
+    """The test table: each pseudo-label U-Net beside the masks it learned from, and 05's supervised U-Net."""
+    d, rows = study.dice, []
+    score_keys = ["mean_dice", "mean_dice_ci", "patient_dice", "patient_dice_ci", "two_class_dice", "fp_area"]
+    for name, s in study.sources.items():
+        c = s.chosen
+        rows.append({"masks": SOURCES[name], "source": source_name(s.setting), "val_mean_dice": c["val_mean_dice"],
+                     "val_patient_dice": c["val_patient_dice"], **{k: s.unet.scores[k] for k in score_keys},
+                     "band": c["band"], "round": c["round"], "best_epoch": c["best_epoch"],
+                     "volume_cleanup": s.unet.chosen["volume_cleanup"]})
+        what = "CAM masks it learned from (05)" if name == "cam" else "random-heatmap masks (05)"
+        rows.append({"masks": what, "source": source_name(s.setting), "val_mean_dice": s.setting["val_mean_dice"],
+                     "val_patient_dice": s.setting["val_patient_dice"], **{k: s.setting[k] for k in score_keys}})
+    rows.insert(2, {"masks": "U-Net, supervised (05)", "source": "drawn masks", **supervised_row(d)})
+    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+
+
+def supervised_row(dice: dict) -> dict:
+    """05's U-Net: its test scores with its validation scores at the 3-D clean-up 05 chose."""
+    cleanup = float(dice.get("unet_volume_cleanup") or 0)
+    val = [r for r in dice.get("unet_val_volume_cleanups") or [] if float(r["volume_cleanup"]) == cleanup]
+    return {**({"val_mean_dice": val[0]["mean_dice"], "val_patient_dice": val[0]["patient_dice"]} if val else {}),
+            **dice["unet"], "volume_cleanup": cleanup}
+
+
+def table_records(table: pd.DataFrame) -> list[dict]:
+    """Rows of a table as JSON records: a value a row lacks is left out, counts stay whole numbers."""
+    out = []
+    for r in table.to_dict(orient="records"):
+        r = {k: v for k, v in r.items() if not (isinstance(v, float) and np.isnan(v))}
+        out.append({k: int(v) if k in ("round", "best_epoch") else v for k, v in r.items()})
+    return out
+
+
+def pseudo_record(study: PseudoStudy, table: pd.DataFrame, n_boot: int, run_dir: str | Path, seconds: float) -> dict:
+    """What ``metrics/07_pseudo_labels.json`` holds: the choices, the chosen networks' test scores beside
+    05's CAM masks and U-Net, every validation row, and the tables (the pipeline adds the provenance)."""
+    run_dir, grid = Path(run_dir), study.grid
+    cam = study.sources["cam"]
+    u = supervised_row(study.dice)
+
+    def entry(s: SourceStudy) -> dict:
+        path = Path(s.chosen["network"])
+        return {**s.unet.scores, **{k: s.chosen[k] for k in ("band", "round", "best_epoch", "val_mean_dice",
+                                                            "val_patient_dice")},
+                "volume_cleanup": s.unet.chosen["volume_cleanup"], "source": source_name(s.setting),
+                "network": str(path.relative_to(run_dir)), "network_sha256": file_sha256(path)}
+
+    p = entry(cam)
+    grid_rows = [dict(r, source=name, network=str(Path(r["network"]).relative_to(run_dir)))
+                 for name, s in study.sources.items() for r in s.rows]
+    return {
+        "select_by": grid.select_by,
+        "summary": (f"U-Nets trained on pseudo-masks of the training split (no drawn training mask); band, round and "
+                    f"3-D clean-up chosen on validation by {grid.select_by}, best epoch of {grid.epochs} by validation "
+                    f"mean-Dice; test split, 95 % CIs by patient bootstrap ({n_boot}). Pseudo-masks from "
+                    f"{p['source']}: band {p['band']:g}, round {p['round']}; test mean-Dice {p['mean_dice']:.3f}, "
+                    f"patient Dice {p['patient_dice']:.3f}; its CAM masks {cam.setting['mean_dice']:.3f} / "
+                    f"{cam.setting['patient_dice']:.3f}; supervised U-Net {u['mean_dice']:.3f} / {u['patient_dice']:.3f}."),
+        "pseudo": p, "control": entry(study.sources["random"]) if "random" in study.sources else None,
+        "cam": cam.setting, "unet": u, "random_baseline": study.dice.get("random_baseline"),
+        "grid": {"bands": list(grid.bands), "rounds": int(grid.rounds), "epochs": int(grid.epochs),
+                 "empty_share": float(grid.empty_share), "volume_cleanups": list(grid.volume_cleanups)},
+        "val_grid": grid_rows, "classifier_sha256": study.dice.get("classifier_sha256"), "seconds": seconds,
+        "tables": {TABLE: table_records(table), GRID_TABLE: grid_rows},
+    }

@@ -1,0 +1,158 @@
+"""Pseudo-masks and the U-Net trained on them: the band and self-training rules and the loss on hand-made
+arrays, and a study that reads no drawn mask of the training split."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from camseg_utils import data, pseudo_study
+from camseg_utils.pseudo_labels import (
+    PseudoLabelError,
+    Targets,
+    band_targets,
+    ignore_loss,
+    kept_slices,
+    load_network,
+    self_training_targets,
+)
+from camseg_utils.unet import _loss as unet_loss
+
+T, F_ = True, False
+
+
+# ------------------------------------------------------------------ the uncertain band
+
+
+def test_band_ignores_the_values_between_the_cuts_and_keeps_the_rest():
+    # slice 0: mask = values >= 0.45 except a speck at 0.9 that the setting's clean-up removed; cut c = 0.45,
+    # band 0.2: [0.36, 0.54) ignored. Slice 1: the same values, but not kept (tumour-free label or call).
+    v = np.array([[0.1, 0.38, 0.45, 0.5, 0.8, 1.0, 0.9]], np.float32)
+    m = np.array([[F_, F_, T, T, T, T, F_]])
+    values, masks = np.stack([v, v]), np.stack([m, m])
+    t = band_targets(values, masks, np.array([True, False]), 0.2)
+    assert t.mask[0, 0].tolist() == [F_, F_, F_, F_, T, T, F_]  # the removed speck stays background
+    assert t.ignore[0, 0].tolist() == [F_, T, T, T, F_, F_, F_]
+    assert not t.mask[1].any() and not t.ignore[1].any()
+    plain = band_targets(values, masks, np.array([True, False]), 0.0)
+    assert (plain.mask == masks & np.array([True, False])[:, None, None]).all() and not plain.ignore.any()
+
+
+def test_band_never_ignores_the_mask_peak_and_skips_empty_slices():
+    # cut 0.46, band 0.5: the upper cut 0.69 lies above the mask's peak 0.5, so it falls to the peak
+    values = np.array([[[0.2, 0.46, 0.5]], [[0.3, 0.3, 0.3]]], np.float32)
+    masks = np.array([[[F_, T, T]], [[F_, F_, F_]]])
+    t = band_targets(values, masks, np.array([True, True]), 0.5)
+    assert t.mask[0, 0].tolist() == [F_, F_, T] and t.ignore[0, 0].tolist() == [F_, T, F_]
+    assert not t.mask[1].any() and not t.ignore[1].any()  # no mask, no band
+
+
+def test_self_training_targets_ignore_the_unsure_part_of_the_networks_mask():
+    probs = np.array([[[0.1, 0.3, 0.5, 0.6, 0.9]], [[0.1, 0.3, 0.5, 0.6, 0.9]], [[0.2, 0.45, 0.3, 0.1, 0.0]],
+                      [[0.45, 0.46, 0.47, 0.55, 0.95]]], np.float32)
+    t = self_training_targets(probs, np.array([True, False, True, True]), 0.4)  # ignored: [0.5, 0.7)
+    assert t.mask[0, 0].tolist() == [F_, F_, F_, F_, T]
+    assert t.ignore[0, 0].tolist() == [F_, F_, T, T, F_]  # what it calls background stays background
+    assert not t.mask[1].any() and not t.ignore[1].any()  # a slice not kept stays empty
+    assert not t.mask[2].any() and not t.ignore[2].any()  # nothing the network calls tumour: nothing unsure
+    # a briefly trained network's background just below 0.5 is not swallowed by the band
+    assert t.ignore[3, 0].tolist() == [F_, F_, F_, T, F_] and t.mask[3, 0].tolist() == [F_, F_, F_, F_, T]
+    assert self_training_targets(probs, np.ones(4, bool), 0.0).mask[0, 0].tolist() == [F_, F_, T, T, T]
+
+
+def test_kept_slices_need_the_label_and_the_classifiers_call():
+    keep = kept_slices(np.array([T, T, F_, F_]), np.array([0.9, 0.2, 0.9, 0.1]))
+    assert keep.tolist() == [T, F_, F_, F_]
+    with pytest.raises(PseudoLabelError, match="one of each per slice"):
+        kept_slices(np.array([T, F_]), np.array([0.9]))
+
+
+def test_bad_targets_and_bands_are_named():
+    z = np.zeros((1, 2, 2), bool)
+    with pytest.raises(PseudoLabelError, match="both tumour and ignored"):
+        Targets(~z, ~z)
+    with pytest.raises(PseudoLabelError, match="mask must be bool"):
+        Targets(z.astype(np.uint8), z)
+    with pytest.raises(PseudoLabelError, match=r"band=1\.0: expected a number in \[0, 1\)"):
+        band_targets(np.zeros((1, 2, 2)), z, np.ones(1, bool), 1.0)
+    with pytest.raises(PseudoLabelError, match="bands is empty"):
+        pseudo_study.PseudoGrid(bands=[])
+    with pytest.raises(PseudoLabelError, match="rounds=-1"):
+        pseudo_study.PseudoGrid(rounds=-1)
+    with pytest.raises(PseudoLabelError, match=r"empty_share=0: expected a share in \(0, 1\]"):
+        pseudo_study.PseudoGrid(empty_share=0)
+
+
+# ------------------------------------------------------------------ the loss
+
+
+def test_loss_without_ignored_pixels_is_05s_loss():
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(3, 8, 8, generator=g), (torch.rand(3, 8, 8, generator=g) > 0.7).float()
+    assert ignore_loss(logits, target, torch.zeros(3, 8, 8, dtype=torch.bool)).item() == pytest.approx(
+        unet_loss(logits, target).item(), rel=1e-6)
+
+
+def test_loss_by_hand_and_blind_to_ignored_pixels():
+    logits = torch.zeros(1, 1, 2, requires_grad=True)
+    target, ignore = torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[False, True]]])
+    loss = ignore_loss(logits, target, ignore)
+    # counted pixel: BCE log 2; soft Dice 1 - (2 * 0.5 + 1) / (0.5 + 1 + 1) = 0.2
+    assert loss.item() == pytest.approx(np.log(2) + 0.2, rel=1e-6)
+    loss.backward()
+    assert logits.grad[0, 0, 1] == 0 and logits.grad[0, 0, 0] != 0
+    moved = torch.tensor([[[0.0, 7.0]]])  # whatever the network says at an ignored pixel
+    assert ignore_loss(moved, target, ignore).item() == pytest.approx(loss.item(), rel=1e-6)
+    assert ignore_loss(logits.detach(), target, torch.ones_like(ignore)).item() == 0.0  # nothing counted
+
+
+def test_loss_matches_bce_over_the_counted_pixels():
+    g = torch.Generator().manual_seed(1)
+    logits, target = torch.randn(2, 6, 6, generator=g), (torch.rand(2, 6, 6, generator=g) > 0.5).float()
+    ignore = torch.rand(2, 6, 6, generator=g) > 0.6
+    keep = ~ignore
+    p, t = torch.sigmoid(logits) * keep, target * keep
+    soft = 1 - (2 * (p * t).sum((1, 2)) + 1) / (p.sum((1, 2)) + t.sum((1, 2)) + 1)
+    want = F.binary_cross_entropy_with_logits(logits[keep], target[keep]) + soft.mean()
+    assert ignore_loss(logits, target, ignore).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+# ------------------------------------------------------------------ no drawn training mask is read
+
+
+def _minimal_run(src, dst):
+    """What 07 reads from a run folder finished through 05; the classifier's calls follow the slice labels,
+    so that the smoke classifier (barely trained) leaves tumour slices to make pseudo-masks from."""
+    for rel in ("data", "metrics/05_dice.json", "models/small_cnn/best.pt", "models/unet/best.pt"):
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (src / rel).is_dir() else shutil.copy)(src / rel, dst / rel)
+    pred = pd.read_csv(src / "models" / "small_cnn" / "predictions.csv")
+    pred.assign(prob=np.where(pred.tumour, 0.9, 0.1)).to_csv(dst / "models" / "small_cnn" / "predictions.csv",
+                                                             index=False)
+
+
+def test_training_masks_are_never_read(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    clean, bad = tmp_path / "clean", tmp_path / "bad"
+    _minimal_run(run_dir, clean)
+    _minimal_run(run_dir, bad)
+    ds = data.load_dataset(bad / "data")
+    train = (ds.manifest.split == "train").to_numpy()
+    masks = ds.masks.copy()
+    masks[train] = ~masks[train]  # every drawn training mask inverted; labels, images and other splits kept
+    data.save_dataset(data.Dataset(ds.images, masks, ds.manifest), bad / "data")
+    grid = pseudo_study.PseudoGrid(bands=[0.3], rounds=1, epochs=1, empty_share=0.1)  # few empty slices: fast
+    runs = [pseudo_study.study_pseudo(r, grid, control=False, device="cpu", n_boot=20, resume=False, progress=False)
+            for r in (clean, bad)]
+    a, b = (s.sources["cam"] for s in runs)
+    assert len(a.rows) == len(b.rows) == 2 and a.rows[0]["slices_with_tumour"] > 0.1
+    assert 0 < a.rows[0]["ignored_pixels"] and 0 < a.rows[0]["tumour_pixels"]
+    for ra, rb in zip(a.rows, b.rows):
+        _, _, ca = load_network(ra["network"])
+        _, _, cb = load_network(rb["network"])
+        assert ca["config"] == cb["config"]  # holds the digest of the targets: the same pseudo-masks
+        assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])  # the same network
+    assert a.unet.scores == b.unet.scores
