@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -58,6 +57,7 @@ from .params import (
     stage_parameters,
     validate,
 )
+from .records import locked, share_figures, share_stage
 
 SHARED = "shared"
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -97,56 +97,6 @@ def seed_overrides(seed: int, stages: list[str], declared: dict[str, dict], pres
             params = stage_parameters(preset, stage, overrides, declared[stage], Path("."), Path("."))
             out[f"{stage}.seeds"] = shifted(params.get("seeds", declared[stage]["seeds"]), seed, f"{stage}.seeds")
     return out
-
-
-# ----------------------------------------------------------------------------- sharing the data stage
-
-
-def _link(src: Path, dst: Path) -> None:
-    """dst becomes a hard link to src (a copy across file systems), replaced atomically."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.link")
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def share_stage(src: str | Path, dst: str | Path, stage: str) -> bool:
-    """Give run folder ``dst`` the finished ``stage`` of ``src``: its outputs, executed notebook and record.
-
-    The record is the same, so ``dst``'s pipeline finds the stage up to date (same key, same output
-    bytes) and keys the next stage on it. Returns False when ``dst`` already held exactly this.
-    Files are written before the record, so an interrupted share leaves no record and is redone.
-    """
-    src, dst = Path(src), Path(dst)
-    rec = pipeline._read_record(src / "stages" / f"{stage}.json")
-    if rec is None or rec.get("status") != "done":
-        raise PipelineError(f"{src} has no finished {stage} to share (stages/{stage}.json)")
-    record_path, nb = Path("stages") / f"{stage}.json", Path("notebooks") / f"{stage}.ipynb"
-    old = pipeline._read_record(dst / record_path)
-    outputs = rec.get("outputs", {})
-    if old == rec and (dst / nb).is_file() and not pipeline.changed_outputs(dst, outputs):
-        return False
-    (dst / record_path).unlink(missing_ok=True)
-    for rel in (old or {}).get("outputs", {}):  # a previous data stage's files that this one did not write
-        if rel not in outputs:
-            (dst / rel).unlink(missing_ok=True)
-    for rel in list(outputs) + [str(nb)]:
-        _link(src / rel, dst / rel)
-    write_json(dst / record_path, rec)
-    return True
-
-
-def _share_figures(src: Path, dst: Path) -> None:
-    if src.is_dir():
-        for f in src.iterdir():
-            if f.is_file() and not f.name.startswith("."):
-                _link(f, dst / f.name)
 
 
 # ----------------------------------------------------------------------------- one seed's run
@@ -227,9 +177,9 @@ def run_seed(task: dict, threads: int | None = 0, label: str | None = None) -> s
         with pinned_threads(threads if task["after"] else 0), contextlib.redirect_stdout(out):
             for sub in ("notebooks", "stages"):
                 (folder / sub).mkdir(parents=True, exist_ok=True)
-            with pipeline.locked(folder):
+            with locked(folder):
                 share_stage(task["shared"], folder, task["stage"])
-            _share_figures(Path(task["shared_figures"]), Path(run["figures_dir"]))
+            share_figures(Path(task["shared_figures"]), Path(run["figures_dir"]))
             if task["after"]:
                 pipeline.run(**run)
     except PipelineError as e:
@@ -390,7 +340,7 @@ def run_seeds(
             plans[s] = [(data_stage, "shared", f"from {SHARED}/")] + plan[1:]
         return plans
     run_dir.mkdir(parents=True, exist_ok=True)
-    with pipeline.locked(run_dir):
+    with locked(run_dir):
         write_json(run_dir / "seeds.json", {"preset": preset["name"], "seeds": seeds, "overrides": overrides,
                                             "seed_overrides": {str(s): per_seed[s] for s in seeds},
                                             "shared_stage": data_stage})
