@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from camseg_utils import cli, pipeline, records, seeds
+from camseg_utils import cli, pipeline, records, seeds, workers
 from camseg_utils.io import file_sha256, write_json
 
-THREADS = max(1, seeds.cores() // 2)  # what --jobs 2 gives each seed: the one-by-one run uses the same
+THREADS = max(1, workers.cores() // 2)  # what --jobs 2 gives each seed: the one-by-one run uses the same
 FAST = ["--preset", "smoke", "--to", "02_train", "-p", "02_train.epochs=1"]
 
 
@@ -181,14 +181,14 @@ def test_pinned_threads_reach_a_child_process_and_are_restored():
     """A notebook kernel is a child process started with this environment: it gets the pinned count."""
     import torch
 
-    before, env = torch.get_num_threads(), {v: os.environ.get(v) for v in seeds.THREAD_VARS}
+    before, env = torch.get_num_threads(), {v: os.environ.get(v) for v in workers.THREAD_VARS}
     want = 1 if before > 1 else 2
-    with seeds.pinned_threads(want):
+    with workers.pinned_threads(want):
         assert torch.get_num_threads() == want
         child = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                                capture_output=True, text=True, check=True).stdout
     assert int(child) == want
-    assert torch.get_num_threads() == before and {v: os.environ.get(v) for v in seeds.THREAD_VARS} == env
+    assert torch.get_num_threads() == before and {v: os.environ.get(v) for v in workers.THREAD_VARS} == env
 
 
 def test_shifted_seed_blocks_are_disjoint():
