@@ -21,9 +21,10 @@ same key; a stage re-run for any other reason, and every stage under ``--force``
 ``--from``, recomputes from scratch. The key leaves out where the run and figures folders
 are, so a copy of a run folder resumes as the original would.
 
-A run folder is locked while a pipeline works in it. Every metrics file is stamped with the
-run's provenance (commit, source hash, data fingerprint, preset and overrides, seeds, library
-versions, machine); ``provenance.json`` holds the same.
+A run folder is locked while a pipeline works in it (the lock and the stage records:
+:mod:`camseg_utils.records`). Every metrics file is stamped with the run's provenance (commit,
+source hash, data fingerprint, preset and overrides, seeds, library versions, machine);
+``provenance.json`` holds the same.
 
 ``--seeds 0 1 2`` runs the study once per training seed, one run folder each, sharing the data
 stage, and writes the numbers' mean ± sd over seeds (``--jobs N`` / ``--dask ADDRESS|local`` run
@@ -33,17 +34,15 @@ the seeds side by side): see :mod:`camseg_utils.seeds`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 from . import provenance as prov
-from .io import UnreadableFileError, file_sha256, read_json, write_json
+from .io import write_json
 from .params import (
     DATA_KEYS,
     LOCATIONS,
@@ -58,6 +57,7 @@ from .params import (
     stage_parameters,
     validate,
 )
+from .records import changed_outputs, locked, outputs_since, read_record, stamp_provenance
 from .report import write_report
 
 __all__ = ["STAGES", "PipelineError", "load_preset", "parse_overrides", "notebook_parameters", "stage_parameters",
@@ -79,40 +79,6 @@ def stage_key(notebook: Path, params: dict, previous: str, data_fingerprints: di
     return h.hexdigest()[:20]
 
 
-# written by the pipeline itself, for the run as a whole: no stage's output
-RUN_FILES = {"provenance.json", "report.md", "report.json"}
-
-
-def _outputs(run_dir: Path, since_ns: int) -> dict[str, list]:
-    """Files under run_dir written since ``since_ns``: relative path -> [size, mtime_ns, sha256]."""
-    out = {}
-    for dirpath, _, files in os.walk(run_dir):
-        d = Path(dirpath)
-        if d == run_dir / "stages" or run_dir / "stages" in d.parents:
-            continue
-        for f in files:
-            p = d / f
-            st = p.stat()
-            if st.st_mtime_ns >= since_ns and not f.startswith(".") and not (d == run_dir and f in RUN_FILES):
-                out[str(p.relative_to(run_dir))] = [st.st_size, st.st_mtime_ns, file_sha256(p)]
-    return out
-
-
-def changed_outputs(run_dir: Path, outputs: dict[str, list]) -> list[str]:
-    """Recorded outputs that are gone or differ (a copy with new times but the same bytes is unchanged)."""
-    bad = []
-    for rel, (size, mtime, sha) in outputs.items():
-        p = run_dir / rel
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            bad.append(rel)
-            continue
-        if st.st_size != size or (st.st_mtime_ns != mtime and file_sha256(p) != sha):
-            bad.append(rel)
-    return bad
-
-
 def _why_run(rec: dict | None, key: str, forced: str, out_nb: Path, run_dir: Path) -> str | None:
     """Why a stage must run, or None when its finished record still holds; ``forced`` says why it must."""
     if forced:
@@ -129,56 +95,6 @@ def _why_run(rec: dict | None, key: str, forced: str, out_nb: Path, run_dir: Pat
     if changed:
         return f"outputs changed since it ran: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}"
     return None
-
-
-def _read_record(path: Path) -> dict | None:
-    """A stage record, or None when missing or unreadable (the stage then re-runs)."""
-    try:
-        rec = read_json(path)
-    except (FileNotFoundError, UnreadableFileError):
-        return None
-    return rec if isinstance(rec, dict) else None
-
-
-# ---------------------------------------------------------------------- lock
-
-
-@contextlib.contextmanager
-def locked(run_dir: Path) -> Iterator[None]:
-    """Hold run_dir/.lock for the whole run; a second pipeline on the folder is refused."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    path = run_dir / ".lock"
-    f = open(path, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise PipelineError(f"run folder {run_dir} is in use by a running pipeline ({holder}); wait for it to "
-                            f"finish, or give this run another --run-dir") from None
-    try:
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        f.flush()
-        yield
-    finally:
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
-
-
-def _stamp(metrics_file: Path, record: dict) -> None:
-    """Add the run's provenance to a metrics file a stage wrote (the file is rewritten atomically)."""
-    if metrics_file.is_file():
-        m = read_json(metrics_file)
-        if isinstance(m, dict):
-            m["provenance"] = record
-            write_json(metrics_file, m)
 
 
 # ----------------------------------------------------------------------- run
@@ -264,7 +180,7 @@ def _run_stages(preset, overrides, stages, declared, params_of, nb_dir, run_dir,
         key = stage_key(nb, params, previous, data_fp)
         record_path = run_dir / "stages" / f"{stage}.json"
         out_nb = run_dir / "notebooks" / f"{stage}.ipynb"
-        rec = _read_record(record_path)
+        rec = read_record(record_path)
         why = _why_run(rec, key, forced, out_nb, run_dir)
         if why is None:
             print(f"[{stage}] up to date, skipped ({rec.get('seconds', 0):.0f} s when it ran)", flush=True)
@@ -306,8 +222,8 @@ def _run_stages(preset, overrides, stages, declared, params_of, nb_dir, run_dir,
         record = prov.provenance(preset["name"], overrides, seeds, fingerprints)
         record["preset_file"] = preset["path"]
         write_json(run_dir / "provenance.json", record)
-        _stamp(run_dir / "metrics" / f"{stage}.json", record)
-        outputs = _outputs(run_dir, since)
+        stamp_provenance(run_dir / "metrics" / f"{stage}.json", record)
+        outputs = outputs_since(run_dir, since)
         write_json(record_path, {"stage": stage, "key": key, "status": "done", "params": params, "seconds": dt,
                                  "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "outputs": outputs})
         print(f"[{stage}] done in {dt:.1f} s", flush=True)

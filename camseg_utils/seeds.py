@@ -28,7 +28,8 @@ threads (OMP_NUM_THREADS, MKL_NUM_THREADS and OPENBLAS_NUM_THREADS, set before t
 ``--dask local`` runs them on a Dask LocalCluster of N worker processes (``--jobs``, default one per
 seed up to the core count), ``--dask ADDRESS`` on the workers of a running Dask scheduler, which must
 see the run folder at the same path and have camseg installed; there a kernel gets its machine's cores
-// the worker's threads. Dask is the optional extra ``camseg[cluster]``.
+// the worker's threads. Dask is the optional extra ``camseg[cluster]``. How the seed folders are run
+is :mod:`camseg_utils.workers`; how one is given the data stage, :func:`camseg_utils.records.share_stage`.
 
 On a CPU, torch splits sums across threads, so the same training with 1 and with 2 threads ends in
 different weights (the smoke preset's classifier: test probabilities differ from the fourth decimal).
@@ -38,13 +39,8 @@ one, cores // N side by side); each metrics file's provenance records it (machin
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import sys
-import uuid
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from . import pipeline
 from .aggregate import seed_folder, write_aggregate
@@ -58,10 +54,10 @@ from .params import (
     stage_parameters,
     validate,
 )
+from .records import locked
+from .workers import require_dask, run_tasks
 
 SHARED = "shared"
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-CLUSTER_HELP = "pip install 'camseg[cluster]' (or pip install 'dask[distributed]')"
 
 
 # ----------------------------------------------------------------------------- seeds and parameters
@@ -97,224 +93,6 @@ def seed_overrides(seed: int, stages: list[str], declared: dict[str, dict], pres
             params = stage_parameters(preset, stage, overrides, declared[stage], Path("."), Path("."))
             out[f"{stage}.seeds"] = shifted(params.get("seeds", declared[stage]["seeds"]), seed, f"{stage}.seeds")
     return out
-
-
-# ----------------------------------------------------------------------------- sharing the data stage
-
-
-def _link(src: Path, dst: Path) -> None:
-    """dst becomes a hard link to src (a copy across file systems), replaced atomically."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.link")
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def share_stage(src: str | Path, dst: str | Path, stage: str) -> bool:
-    """Give run folder ``dst`` the finished ``stage`` of ``src``: its outputs, executed notebook and record.
-
-    The record is the same, so ``dst``'s pipeline finds the stage up to date (same key, same output
-    bytes) and keys the next stage on it. Returns False when ``dst`` already held exactly this.
-    Files are written before the record, so an interrupted share leaves no record and is redone.
-    """
-    src, dst = Path(src), Path(dst)
-    rec = pipeline._read_record(src / "stages" / f"{stage}.json")
-    if rec is None or rec.get("status") != "done":
-        raise PipelineError(f"{src} has no finished {stage} to share (stages/{stage}.json)")
-    record_path, nb = Path("stages") / f"{stage}.json", Path("notebooks") / f"{stage}.ipynb"
-    old = pipeline._read_record(dst / record_path)
-    outputs = rec.get("outputs", {})
-    if old == rec and (dst / nb).is_file() and not pipeline.changed_outputs(dst, outputs):
-        return False
-    (dst / record_path).unlink(missing_ok=True)
-    for rel in (old or {}).get("outputs", {}):  # a previous data stage's files that this one did not write
-        if rel not in outputs:
-            (dst / rel).unlink(missing_ok=True)
-    for rel in list(outputs) + [str(nb)]:
-        _link(src / rel, dst / rel)
-    write_json(dst / record_path, rec)
-    return True
-
-
-def _share_figures(src: Path, dst: Path) -> None:
-    if src.is_dir():
-        for f in src.iterdir():
-            if f.is_file() and not f.name.startswith("."):
-                _link(f, dst / f.name)
-
-
-# ----------------------------------------------------------------------------- one seed's run
-
-
-class _Prefixed:
-    """A text stream that starts every line with a label (seed runs printing side by side)."""
-
-    def __init__(self, stream, label: str):
-        self.stream, self.label, self.fresh = stream, label, True
-
-    def write(self, text: str) -> int:
-        out = []
-        for part in text.splitlines(keepends=True):
-            out.append((self.label if self.fresh else "") + part)
-            self.fresh = part.endswith("\n")
-        self.stream.write("".join(out))
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def __getattr__(self, name: str):  # isatty, encoding, fileno ...: the stream's own
-        return getattr(self.stream, name)
-
-
-def _threads_on_dask_worker() -> int:
-    from distributed import get_worker
-
-    return max(1, cores() // max(1, get_worker().state.nthreads))
-
-
-def cores() -> int:
-    """CPU cores this process may use (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-@contextlib.contextmanager
-def pinned_threads(threads: int) -> Iterator[None]:
-    """Kernels started inside get ``threads`` torch/BLAS threads (0: as they are); restored afterwards."""
-    if not threads:
-        yield
-        return
-    import torch
-
-    saved, before = {v: os.environ.get(v) for v in THREAD_VARS}, torch.get_num_threads()
-    os.environ.update({v: str(threads) for v in THREAD_VARS})
-    torch.set_num_threads(threads)  # this process's count is the one the provenance record reads
-    try:
-        yield
-    finally:
-        for v, old in saved.items():
-            if old is None:
-                os.environ.pop(v, None)
-            else:
-                os.environ[v] = old
-        torch.set_num_threads(before)
-
-
-def run_seed(task: dict, threads: int | None = 0, label: str | None = None) -> str | None:
-    """Give one seed folder the shared data stage, then run its pipeline.
-
-    ``task``: ``run`` (keyword arguments of :func:`pipeline.run`), ``shared`` and ``shared_figures``
-    (the data stage's run and figures folders), ``stage`` (the data stage), ``after`` (False: share
-    only). ``threads``: torch/BLAS threads of its notebook kernels, set in the environment the kernels
-    inherit; 0 leaves them as they are; None: this Dask worker's machine's cores // its threads.
-    Returns None on success, else the pipeline's error message (other errors propagate).
-    """
-    if threads is None:
-        threads = _threads_on_dask_worker()
-    out = _Prefixed(sys.stdout, label) if label else sys.stdout
-    run = task["run"]
-    folder = Path(run["run_dir"])
-    try:
-        with pinned_threads(threads if task["after"] else 0), contextlib.redirect_stdout(out):
-            for sub in ("notebooks", "stages"):
-                (folder / sub).mkdir(parents=True, exist_ok=True)
-            with pipeline.locked(folder):
-                share_stage(task["shared"], folder, task["stage"])
-            _share_figures(Path(task["shared_figures"]), Path(run["figures_dir"]))
-            if task["after"]:
-                pipeline.run(**run)
-    except PipelineError as e:
-        return str(e)
-    return None
-
-
-def _executor_results(tasks: dict[int, dict], jobs: int | None, dask: str | None,
-                      threads: int | None) -> dict[int, str]:
-    """Run every seed's task; ``{seed: error}`` of those that failed."""
-    failures: dict[int, str] = {}
-    if dask:
-        return _dask_results(tasks, jobs, dask, threads)
-    if not jobs or jobs == 1:
-        for seed, task in tasks.items():
-            err = run_seed(task, threads or 0)
-            if err:
-                print(f"[seed {seed}] failed: {err}", flush=True)
-                failures[seed] = err
-        return failures
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    n = min(jobs, len(tasks))
-    threads = threads or max(1, cores() // n)
-    print(f"{len(tasks)} seed runs in {n} worker processes, {threads} threads each", flush=True)
-    with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
-        futures = {seed: pool.submit(run_seed, _quiet(task), threads, f"[seed {seed}] ")
-                   for seed, task in tasks.items()}
-        for seed, f in futures.items():
-            _collect(seed, f.result, failures)
-    return failures
-
-
-def _quiet(task: dict) -> dict:
-    """No progress bars from runs side by side."""
-    return dict(task, run=dict(task["run"], progress=False))
-
-
-def _collect(seed: int, result, failures: dict[int, str]) -> None:
-    try:
-        err = result()
-    except Exception as e:  # a worker that died, or a bug: the other seeds still finish
-        err = f"{type(e).__name__}: {e}"
-    if err:
-        print(f"[seed {seed}] failed: {err}", flush=True)
-        failures[seed] = err
-
-
-def require_dask() -> None:
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        raise PipelineError(f"--dask needs Dask's distributed scheduler, the optional extra 'cluster': {CLUSTER_HELP}") \
-            from None
-
-
-def _dask_results(tasks: dict[int, dict], jobs: int | None, address: str, threads: int | None) -> dict[int, str]:
-    require_dask()
-    from distributed import Client, LocalCluster
-
-    failures: dict[int, str] = {}
-    with contextlib.ExitStack() as stack:
-        if address == "local":
-            n = min(jobs, len(tasks)) if jobs else min(len(tasks), cores())
-            threads = threads or max(1, cores() // n)
-            cluster = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                                       dashboard_address=None))
-            client = stack.enter_context(Client(cluster))
-            print(f"{len(tasks)} seed runs on a Dask LocalCluster of {n} workers, {threads} threads each", flush=True)
-        else:
-            try:
-                client = stack.enter_context(Client(address, timeout=30))
-            except (OSError, TimeoutError) as e:
-                raise PipelineError(f"--dask {address}: no Dask scheduler answered there ({e}); give its address "
-                                    f"(e.g. tcp://host:8786) or 'local'") from None
-            print(f"{len(tasks)} seed runs on the Dask scheduler at {address}", flush=True)
-        run_id = uuid.uuid4().hex[:8]
-        futures = {seed: client.submit(run_seed, _quiet(task), threads,
-                                       f"[seed {seed}] " if address == "local" else None,
-                                       key=f"camseg-seed-{seed}-{run_id}", pure=False)
-                   for seed, task in tasks.items()}
-        for seed, f in futures.items():
-            _collect(seed, f.result, failures)
-    return failures
 
 
 # ----------------------------------------------------------------------------- the multi-seed run
@@ -390,7 +168,7 @@ def run_seeds(
             plans[s] = [(data_stage, "shared", f"from {SHARED}/")] + plan[1:]
         return plans
     run_dir.mkdir(parents=True, exist_ok=True)
-    with pipeline.locked(run_dir):
+    with locked(run_dir):
         write_json(run_dir / "seeds.json", {"preset": preset["name"], "seeds": seeds, "overrides": overrides,
                                             "seed_overrides": {str(s): per_seed[s] for s in seeds},
                                             "shared_stage": data_stage})
@@ -400,9 +178,9 @@ def run_seeds(
         tasks = {s: {"run": runs[s], "shared": str(shared), "shared_figures": str(figures_dir / SHARED),
                      "stage": data_stage, "after": after_data} for s in seeds}
         if after_data:
-            failures = _executor_results(tasks, jobs, dask, threads)
+            failures = run_tasks(tasks, jobs, dask, threads)
         else:  # sharing only: nothing to run side by side
-            failures = _executor_results(tasks, 1, None, None)
+            failures = run_tasks(tasks, 1, None, None)
         md = write_aggregate(run_dir, seeds, preset["name"])
     if failures:
         raise PipelineError("; ".join(f"seed {s}: {e}" for s, e in failures.items())

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from camseg_utils import cli, pipeline, seeds
+from camseg_utils import cli, pipeline, records, seeds, workers
 from camseg_utils.io import file_sha256, write_json
 
-THREADS = max(1, seeds.cores() // 2)  # what --jobs 2 gives each seed: the one-by-one run uses the same
+THREADS = max(1, workers.cores() // 2)  # what --jobs 2 gives each seed: the one-by-one run uses the same
 FAST = ["--preset", "smoke", "--to", "02_train", "-p", "02_train.epochs=1"]
 
 
@@ -181,14 +181,14 @@ def test_pinned_threads_reach_a_child_process_and_are_restored():
     """A notebook kernel is a child process started with this environment: it gets the pinned count."""
     import torch
 
-    before, env = torch.get_num_threads(), {v: os.environ.get(v) for v in seeds.THREAD_VARS}
+    before, env = torch.get_num_threads(), {v: os.environ.get(v) for v in workers.THREAD_VARS}
     want = 1 if before > 1 else 2
-    with seeds.pinned_threads(want):
+    with workers.pinned_threads(want):
         assert torch.get_num_threads() == want
         child = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                                capture_output=True, text=True, check=True).stdout
     assert int(child) == want
-    assert torch.get_num_threads() == before and {v: os.environ.get(v) for v in seeds.THREAD_VARS} == env
+    assert torch.get_num_threads() == before and {v: os.environ.get(v) for v in workers.THREAD_VARS} == env
 
 
 def test_shifted_seed_blocks_are_disjoint():
@@ -206,14 +206,14 @@ def test_share_stage_links_files_and_record_and_repairs_a_changed_copy(tmp_path)
     (src / "data" / "a.npy").write_bytes(b"abc")
     (src / "notebooks" / "01_data.ipynb").write_text("{}")
     write_json(src / "stages" / "01_data.json", {"stage": "01_data", "key": "k", "status": "done",
-                                                 "outputs": pipeline._outputs(src, 0)})
-    assert seeds.share_stage(src, dst, "01_data")
+                                                 "outputs": records.outputs_since(src, 0)})
+    assert records.share_stage(src, dst, "01_data")
     assert os.path.samefile(src / "data" / "a.npy", dst / "data" / "a.npy")
     assert (dst / "stages" / "01_data.json").read_text() == (src / "stages" / "01_data.json").read_text()
-    assert not seeds.share_stage(src, dst, "01_data")  # already there
+    assert not records.share_stage(src, dst, "01_data")  # already there
     (dst / "data" / "a.npy").unlink()
     (dst / "data" / "a.npy").write_bytes(b"xyz")  # a changed output is replaced by shared/'s
-    assert seeds.share_stage(src, dst, "01_data") and (dst / "data" / "a.npy").read_bytes() == b"abc"
+    assert records.share_stage(src, dst, "01_data") and (dst / "data" / "a.npy").read_bytes() == b"abc"
     write_json(src / "stages" / "01_data.json", {"stage": "01_data", "key": "k", "status": "running"})
     with pytest.raises(pipeline.PipelineError, match="no finished 01_data"):
-        seeds.share_stage(src, dst, "01_data")
+        records.share_stage(src, dst, "01_data")
