@@ -41,7 +41,7 @@ def test_readme_blocks_name_known_kinds_and_runs():
     text = README.read_text()
     blocks = [(m["name"], m["kind"]) for m in readme_tables.MARKER.finditer(text)]
     assert {k for _, k in blocks} == set(readme_tables.KINDS)
-    assert {n for n, _ in blocks} == {"synthetic", "lgg_cpu", "lgg"}
+    assert {n for n, _ in blocks} == {"synthetic", "lgg_cpu"}
     assert text.count("<!-- table:") == len(blocks)  # every opening marker has its closing one
 
 
