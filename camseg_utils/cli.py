@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import evaluate, pipeline
+
 
 def main(argv: list[str] | None = None) -> int:
-    from . import evaluate, pipeline
-
     ap = argparse.ArgumentParser(prog="camseg", description="Grad-CAM heatmaps as tumour segmentations.")
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run (or resume) the numbered notebooks for a preset",

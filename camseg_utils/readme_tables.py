@@ -236,6 +236,7 @@ def example_figure(run_dir: str | Path, path: str | Path | None = None, index: i
     best-CAM Dice is the median of all of them: a typical slice, not the best one. Everything comes
     from the run folder (data, checkpoints, heatmap cache, the setting 05 chose on validation).
     """
+    # torch and the study's modules only for the figure: the tables need nothing but the metrics files
     import matplotlib.pyplot as plt
 
     from . import data, heatmap_cache, masks, metrics, plots, protocol, unet

@@ -42,7 +42,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import pipeline
+from . import runner
 from .aggregate import seed_folder, write_aggregate
 from .io import write_json
 from .params import (
@@ -133,7 +133,7 @@ def run_seeds(
     overrides = dict(overrides or {})
     nb_dir = Path(notebook_dir) if notebook_dir else default_notebook_dir()
     stages = [s for s in STAGES if (nb_dir / f"{s}.ipynb").exists()]
-    pipeline.check_range(stages, start, stop)
+    runner.check_range(stages, start, stop)
     data_stage = stages[0]
     for stage in stages[1:]:
         if f"{stage}.seed" in overrides:
@@ -156,14 +156,14 @@ def run_seeds(
                     run_dir=seed_folder(run_dir, s), figures_dir=figures_dir / f"seed-{s}", progress=progress,
                     notebook_dir=notebook_dir, shared_stages=(data_stage,)) for s in seeds}
     if dry_run:
-        plans = {SHARED: pipeline.run(preset_name, overrides, redo_data, None, data_stage, shared,
+        plans = {SHARED: runner.run(preset_name, overrides, redo_data, None, data_stage, shared,
                                       figures_dir / SHARED, progress, notebook_dir, dry_run=True)}
         data_runs = plans[SHARED][0][1] == "run"
         for s, task in runs.items():
             if not after_data:
                 break
             print(f"[seed {s}]", flush=True)
-            plan = pipeline.run(**dict(task, shared_stages=(), dry_run=True,
+            plan = runner.run(**dict(task, shared_stages=(), dry_run=True,
                                        start=stages[1] if data_runs else seed_start))
             plans[s] = [(data_stage, "shared", f"from {SHARED}/")] + plan[1:]
         return plans
@@ -173,7 +173,7 @@ def run_seeds(
                                             "seed_overrides": {str(s): per_seed[s] for s in seeds},
                                             "shared_stage": data_stage})
         print(f"[{SHARED}] {data_stage} for every seed, in {shared}", flush=True)
-        pipeline.run(preset_name, overrides, redo_data, None, data_stage, shared, figures_dir / SHARED, progress,
+        runner.run(preset_name, overrides, redo_data, None, data_stage, shared, figures_dir / SHARED, progress,
                      notebook_dir)
         tasks = {s: {"run": runs[s], "shared": str(shared), "shared_figures": str(figures_dir / SHARED),
                      "stage": data_stage, "after": after_data} for s in seeds}

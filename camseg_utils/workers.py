@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from . import pipeline
+from . import runner
 from .params import PipelineError
 from .records import locked, share_figures, share_stage
 
@@ -85,7 +85,7 @@ def pinned_threads(threads: int) -> Iterator[None]:
 def run_seed(task: dict, threads: int | None = 0, label: str | None = None) -> str | None:
     """Give one seed folder the shared data stage, then run its pipeline.
 
-    ``task``: ``run`` (keyword arguments of :func:`pipeline.run`), ``shared`` and ``shared_figures``
+    ``task``: ``run`` (keyword arguments of :func:`.runner.run`), ``shared`` and ``shared_figures``
     (the data stage's run and figures folders), ``stage`` (the data stage), ``after`` (False: share
     only). ``threads``: torch/BLAS threads of its notebook kernels, set in the environment the kernels
     inherit; 0 leaves them as they are; None: this Dask worker's machine's cores // its threads.
@@ -104,7 +104,7 @@ def run_seed(task: dict, threads: int | None = 0, label: str | None = None) -> s
                 share_stage(task["shared"], folder, task["stage"])
             share_figures(Path(task["shared_figures"]), Path(run["figures_dir"]))
             if task["after"]:
-                pipeline.run(**run)
+                runner.run(**run)
     except PipelineError as e:
         return str(e)
     return None
