@@ -34,14 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .data import Dataset
 from .device import resolve_device, to_tensor
 from .io import UnreadableFileError, arrays_digest, load_torch, save_torch
 from .metrics import mean_dice
 from .train import Normalise, augment_batch, channel_stats, seed_everything, versions
-from .unet import UNet, predict_masks
+from .unet import UNet, logit_maps, predict_masks, segmentation_loss
 
 CLASSIFIER_GATE = 0.5  # a slice the classifier calls tumour-free (probability below this) gets an empty target
 RETRAIN_HINT = "; re-create it with: python -m camseg_utils.pipeline --preset NAME --from 07_pseudo_labels"
@@ -131,31 +130,9 @@ def self_training_targets(prob_maps: np.ndarray, keep: np.ndarray, band: float) 
     return band_targets(prob_maps, prob_maps >= 0.5, keep, band, cut=0.5, below=False)
 
 
-def ignore_loss(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:
-    """05's U-Net loss (binary cross-entropy + per-slice soft Dice) over the pixels not ``ignore``d.
-
-    Cross-entropy is averaged over the counted pixels; the soft Dice counts neither the prediction
-    nor the target at an ignored pixel. Nothing ignored: exactly 05's loss."""
-    w = 1 - ignore.float()
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    bce = (bce * w).sum() / w.sum().clamp(min=1)
-    p, t = torch.sigmoid(logits) * w, target * w
-    inter = (p * t).sum((1, 2))
-    soft_dice = 1 - (2 * inter + 1) / (p.sum((1, 2)) + t.sum((1, 2)) + 1)
-    return bce + soft_dice.mean()
-
-
-@torch.no_grad()
 def probability_maps(model: nn.Module, norm: Normalise, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """The network's tumour probability per pixel, float32 N x H x W (``predict_masks`` is these >= 0.5)."""
-    device = next(model.parameters()).device
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        xb = norm(to_tensor(np.asarray(images[i:i + batch_size]), device))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(torch.sigmoid(model(xb).float()).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], np.float32)
+    return torch.sigmoid(torch.from_numpy(logit_maps(model, norm, images, batch_size))).numpy()
 
 
 def load_network(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Normalise, dict]:
@@ -224,7 +201,7 @@ def train_on_targets(images: np.ndarray, targets: Targets, val: Dataset, out_dir
             xb, yb = augment_batch(x[idx].float() / 255, aug_gen, y[idx].float())
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 logits = model(norm(xb))
-            loss = ignore_loss(logits.float(), yb[:, 0], yb[:, 1])
+            loss = segmentation_loss(logits.float(), yb[:, 0], yb[:, 1])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -54,23 +54,38 @@ class UNet(nn.Module):
         return self.out(x)[:, 0]
 
 
-def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    p = torch.sigmoid(logits)
-    inter = (p * target).sum((1, 2))
-    soft_dice = 1 - (2 * inter + 1) / (p.sum((1, 2)) + target.sum((1, 2)) + 1)
-    return F.binary_cross_entropy_with_logits(logits, target) + soft_dice.mean()
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy + per-slice soft Dice; pixels where ``ignore`` is set count in neither (the
+    cross-entropy is then averaged over the counted pixels)."""
+    if ignore is None:
+        p = torch.sigmoid(logits)
+        inter = (p * target).sum((1, 2))
+        soft_dice = 1 - (2 * inter + 1) / (p.sum((1, 2)) + target.sum((1, 2)) + 1)
+        return F.binary_cross_entropy_with_logits(logits, target) + soft_dice.mean()
+    w = 1 - ignore.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce = (bce * w).sum() / w.sum().clamp(min=1)
+    p, t = torch.sigmoid(logits) * w, target * w
+    inter = (p * t).sum((1, 2))
+    soft_dice = 1 - (2 * inter + 1) / (p.sum((1, 2)) + t.sum((1, 2)) + 1)
+    return bce + soft_dice.mean()
 
 
 @torch.no_grad()
-def predict_masks(model: nn.Module, norm: Normalise, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+def logit_maps(model: nn.Module, norm: Normalise, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """The network's tumour logit per pixel, float32 N x H x W."""
     device = next(model.parameters()).device
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         xb = norm(to_tensor(np.asarray(images[i:i + batch_size]), device))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append((model(xb).float() > 0).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], bool)
+            out.append(model(xb).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], np.float32)
+
+
+def predict_masks(model: nn.Module, norm: Normalise, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    return logit_maps(model, norm, images, batch_size) > 0
 
 
 def predict_volumes(model: nn.Module, norm: Normalise, part: Dataset, min_fraction: float = 0.0,
@@ -146,7 +161,7 @@ def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 
             xb, yb = augment_batch(x[idx].float() / 255, aug_gen, y[idx].float()[:, None])
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):  # as the classifiers
                 logits = model(norm(xb))
-            loss = _loss(logits.float(), yb[:, 0])
+            loss = segmentation_loss(logits.float(), yb[:, 0])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

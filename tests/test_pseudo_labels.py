@@ -14,12 +14,11 @@ from camseg_utils.pseudo_labels import (
     PseudoLabelError,
     Targets,
     band_targets,
-    ignore_loss,
     kept_slices,
     load_network,
     self_training_targets,
 )
-from camseg_utils.unet import _loss as unet_loss
+from camseg_utils.unet import segmentation_loss
 
 T, F_ = True, False
 
@@ -92,21 +91,21 @@ def test_bad_targets_and_bands_are_named():
 def test_loss_without_ignored_pixels_is_05s_loss():
     g = torch.Generator().manual_seed(0)
     logits, target = torch.randn(3, 8, 8, generator=g), (torch.rand(3, 8, 8, generator=g) > 0.7).float()
-    assert ignore_loss(logits, target, torch.zeros(3, 8, 8, dtype=torch.bool)).item() == pytest.approx(
-        unet_loss(logits, target).item(), rel=1e-6)
+    assert segmentation_loss(logits, target, torch.zeros(3, 8, 8, dtype=torch.bool)).item() == pytest.approx(
+        segmentation_loss(logits, target).item(), rel=1e-6)
 
 
 def test_loss_by_hand_and_blind_to_ignored_pixels():
     logits = torch.zeros(1, 1, 2, requires_grad=True)
     target, ignore = torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[False, True]]])
-    loss = ignore_loss(logits, target, ignore)
+    loss = segmentation_loss(logits, target, ignore)
     # counted pixel: BCE log 2; soft Dice 1 - (2 * 0.5 + 1) / (0.5 + 1 + 1) = 0.2
     assert loss.item() == pytest.approx(np.log(2) + 0.2, rel=1e-6)
     loss.backward()
     assert logits.grad[0, 0, 1] == 0 and logits.grad[0, 0, 0] != 0
     moved = torch.tensor([[[0.0, 7.0]]])  # whatever the network says at an ignored pixel
-    assert ignore_loss(moved, target, ignore).item() == pytest.approx(loss.item(), rel=1e-6)
-    assert ignore_loss(logits.detach(), target, torch.ones_like(ignore)).item() == 0.0  # nothing counted
+    assert segmentation_loss(moved, target, ignore).item() == pytest.approx(loss.item(), rel=1e-6)
+    assert segmentation_loss(logits.detach(), target, torch.ones_like(ignore)).item() == 0.0  # nothing counted
 
 
 def test_loss_matches_bce_over_the_counted_pixels():
@@ -117,7 +116,7 @@ def test_loss_matches_bce_over_the_counted_pixels():
     p, t = torch.sigmoid(logits) * keep, target * keep
     soft = 1 - (2 * (p * t).sum((1, 2)) + 1) / (p.sum((1, 2)) + t.sum((1, 2)) + 1)
     want = F.binary_cross_entropy_with_logits(logits[keep], target[keep]) + soft.mean()
-    assert ignore_loss(logits, target, ignore).item() == pytest.approx(want.item(), rel=1e-6)
+    assert segmentation_loss(logits, target, ignore).item() == pytest.approx(want.item(), rel=1e-6)
 
 
 # ------------------------------------------------------------------ no drawn training mask is read
