@@ -212,8 +212,7 @@ def update_readme(readme: str | Path, runs: dict[str, str | Path]) -> list[str]:
         filled.append(f"{name}:{kind}")
         stage = TABLES[kind][0]
         if stage not in cache[name]:  # a run that stopped earlier: said, not left stale or silently empty
-            return (f"{match[1]}\n*Not generated: `{Path(runs[name]) / 'metrics' / (stage + '.json')}` does not exist "
-                    f"(no finished notebook {stage} in that run).*\n{match[5]}")
+            return f"{match[1]}\n*Not generated: `{Path(runs[name]) / 'metrics' / (stage + '.json')}` is missing.*\n{match[5]}"
         return f"{match[1]}\n{table(kind, cache[name], Path(runs[name]))}{match[5]}"
 
     new = MARKER.sub(fill, text)

@@ -151,4 +151,4 @@ def test_update_says_which_stage_a_stopped_run_lacks(tmp_path):
     assert sorted(readme_tables.update_readme(readme, {"x": run})) == ["x:classifier", "x:retrain"]
     text = readme.read_text()
     assert "old" not in text and "| small_cnn |" in text and "0.910" in text
-    assert f"*Not generated: `{run / 'metrics' / '06_filtered_retrain.json'}` does not exist" in text
+    assert f"*Not generated: `{run / 'metrics' / '06_filtered_retrain.json'}` is missing.*" in text
