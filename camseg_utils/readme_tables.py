@@ -82,6 +82,16 @@ def classifier_table(m: dict, run_dir: Path) -> str:
     return _table(header, body) + "\n"
 
 
+def _dice_row(name: str, what: str, r: dict, chosen: str) -> list[str]:
+    """One row of a Dice table (05's and 07's): validation and test mean-Dice, patient Dice, FP area, the knobs."""
+    return [name, what, _num(r.get("val_mean_dice")), _num(r["mean_dice"]) + _ci(r.get("mean_dice_ci")),
+            _num(r["patient_dice"]) + _ci(r.get("patient_dice_ci")), _num(r.get("fp_area")), chosen]
+
+
+def _volume_cleanup(fraction) -> str:
+    return f"3-D clean-up {float(fraction):g}" if fraction else "no 3-D clean-up"
+
+
 def dice_table(m: dict, run_dir: Path) -> str:
     """Notebook 05: the best CAM setting, the best heatmap alone, the U-Net and the random heatmap."""
     for key in ("best_cam", "unet"):
@@ -92,8 +102,7 @@ def dice_table(m: dict, run_dir: Path) -> str:
         """One row; a heatmap's model and setting are read from ``r``, the U-Net's are given."""
         baseline = r.get("layer") in (None, "-")  # random and Sobel heatmaps: no model, no layer
         what = what or (r["method"] if baseline else f"{r['arch']} {r['method']} @ {r['layer']}")
-        return [name, what, _num(r.get("val_mean_dice")), _num(r["mean_dice"]) + _ci(r.get("mean_dice_ci")),
-                _num(r["patient_dice"]) + _ci(r.get("patient_dice_ci")), _num(r.get("fp_area")), chosen or _setting(r)]
+        return _dice_row(name, what, r, chosen or _setting(r))
 
     body = [row("best CAM setting (chosen on validation)", m["best_cam"])]
     alone = (m.get("best_cam_by_refinement") or {}).get("none")
@@ -102,7 +111,7 @@ def dice_table(m: dict, run_dir: Path) -> str:
     cleanup = float(m.get("unet_volume_cleanup") or 0)
     val = [r for r in m.get("unet_val_volume_cleanups") or [] if float(r.get("volume_cleanup", -1)) == cleanup]
     body.append(row("U-Net, supervised (reference)", dict(m["unet"], **({"val_mean_dice": val[0]["mean_dice"]} if val else {})),
-                    "-", f"3-D clean-up {cleanup:g}" if cleanup else "no 3-D clean-up"))
+                    "-", _volume_cleanup(cleanup)))
     if m.get("random_baseline"):
         body.append(row("random heatmap (baseline)", m["random_baseline"]))
     header = ["masks", "model, method @ layer", "val mean-Dice", "test mean-Dice [95 % CI]",
@@ -154,18 +163,16 @@ def pseudo_table(m: dict, run_dir: Path) -> str:
 
     def net(r: dict) -> str:
         return (f"band {float(r['band']):g}, round {int(r['round'])}, epoch {int(r['best_epoch'])}, "
-                + (f"3-D clean-up {float(r['volume_cleanup']):g}" if r.get("volume_cleanup") else "no 3-D clean-up"))
+                + _volume_cleanup(r.get("volume_cleanup")))
 
     cam, unet = m["cam"], m["unet"]
     entries = [("U-Net on CAM pseudo-masks (weakly supervised)", m["pseudo"]["source"], m["pseudo"], net(m["pseudo"])),
                ("CAM masks it learned from (05)", m["pseudo"]["source"], cam, _setting(cam)),
                ("U-Net, supervised (05, reference)", "drawn masks", unet,
-                f"3-D clean-up {float(unet['volume_cleanup']):g}" if unet.get("volume_cleanup") else "no 3-D clean-up")]
+                _volume_cleanup(unet.get("volume_cleanup")))]
     if m.get("control"):
         entries.append(("U-Net on random-heatmap masks (control)", m["control"]["source"], m["control"], net(m["control"])))
-    body = [[name, what, _num(r.get("val_mean_dice")), _num(r["mean_dice"]) + _ci(r.get("mean_dice_ci")),
-             _num(r["patient_dice"]) + _ci(r.get("patient_dice_ci")), _num(r.get("fp_area")), chosen]
-            for name, what, r, chosen in entries]
+    body = [_dice_row(*entry) for entry in entries]
     header = ["masks", "trained on / from", "val mean-Dice", "test mean-Dice [95 % CI]", "patient Dice [95 % CI]",
               "FP area", "chosen on validation"]
     return (_table(header, body) + "\n" + f"No drawn mask of the training split was read; knobs chosen by "
