@@ -1,4 +1,5 @@
-"""The figures of notebook 05 (how good the masks are): Dice against the threshold, per-patient Dice, masks side by side.
+"""The figures of notebook 05 (how good the masks are): Dice against the threshold, per-patient Dice, masks side
+by side, paired differences.
 
 Apart from :mod:`.plots` because they score masks (:mod:`.metrics`): the other stages' figures do not
 depend on how Dice is computed, so a change there re-runs only what it touches.
@@ -68,3 +69,21 @@ def by_tumour_size(manifest: pd.DataFrame, n: int = 4) -> np.ndarray:
     if not len(tumour):
         raise ValueError(f"the manifest ({len(manifest)} slices) has no slice with tumour to show")
     return tumour[np.argsort(manifest.tumour_pixels.to_numpy()[tumour])][np.linspace(0, len(tumour) - 1, n).astype(int)]
+
+
+def paired_differences(comparisons: pd.DataFrame, path: str | Path | None = None) -> plt.Figure:
+    """Each paired comparison (:func:`.paired.compare`) as its difference a - b with the patient-bootstrap CI,
+    one panel per metric; an interval clear of zero is a difference the test patients support."""
+    metrics_ = list(dict.fromkeys(comparisons.metric))
+    fig, axes = plt.subplots(1, len(metrics_), figsize=(4.5 * len(metrics_), 0.5 * comparisons.comparison.nunique() + 1.2),
+                             squeeze=False, sharey=True)
+    for ax, metric in zip(axes[0], metrics_):
+        rows = comparisons[comparisons.metric == metric].reset_index(drop=True)
+        lo, hi = np.array([c[0] for c in rows.ci]), np.array([c[1] for c in rows.ci])
+        y = np.arange(len(rows))[::-1]
+        ax.errorbar(rows.difference, y, xerr=[rows.difference - lo, hi - rows.difference], fmt="o", color="k", capsize=3)
+        ax.axvline(0, color="grey", lw=1, ls="--")
+        ax.set_yticks(y, list(rows.comparison), fontsize=8)  # a and b by name: the table beside it
+        ax.set(xlabel=f"{'mean-Dice' if metric == 'mean_dice' else 'patient Dice'} difference, a - b (95 % CI)")
+    fig.tight_layout()
+    return save(fig, path)

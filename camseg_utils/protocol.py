@@ -6,7 +6,8 @@ radii, gates and clean-up on validation (:func:`.selection.sweep_settings`), the
 refinement ('none': the heatmap alone, 'guided': refined along the image's edges), its test masks
 and scores. The baselines (random, Sobel) do not depend on the layer and are scored once. For the
 supervised U-Net (:func:`study_unet`): the 3-D clean-up fraction is chosen on validation the same
-way. Notebook 05, :mod:`.evaluate` and ``benchmarks/bench_dice_lgg.py`` all call these functions.
+way. The claims between settings are read as paired differences per test patient
+(:func:`paired_comparisons`, :mod:`.paired`). Notebook 05, :mod:`.evaluate` and ``benchmarks/bench_dice_lgg.py`` all call these functions.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import cams, heatmap_cache, metrics
+from . import cams, heatmap_cache, metrics, paired
 from .data import Dataset
 from .io import file_sha256
 from .masks import NORMALISATIONS, check_threshold, head_masks
@@ -238,6 +239,25 @@ def patient_frames(study: CamStudy, unet: UnetStudy, test: Split) -> pd.DataFram
     return pd.concat(study.per_patient + [patient_frame(unet.masks, test, "U-Net", "U-Net")])
 
 
+def test_counts(study: CamStudy, unet: UnetStudy, test: Split) -> pd.DataFrame:
+    """Per-slice counts (:mod:`.paired`) of every chosen setting's test masks and of the U-Net's."""
+    m = test.part.manifest
+    slices = m["case"].astype(str) + ":" + m["slice"].astype(str)
+    parts = [paired.slice_counts(masks, test.gt, test.patients, slices,
+                                 paired.setting_name(arch, mth, layer, kind, mth in cams.BASELINES))
+             for (arch, mth, layer, kind), masks in study.masks.items()]
+    return pd.concat(parts + [paired.slice_counts(unet.masks, test.gt, test.patients, slices, "U-Net")],
+                     ignore_index=True)
+
+
+def paired_comparisons(counts: pd.DataFrame, results: pd.DataFrame, select_by: str = "mean_dice", n_boot: int = 1000,
+                       seed: int = 0) -> pd.DataFrame:
+    """The study's claims as paired differences per test patient (:func:`.paired.study_pairs`) for the
+    CAM setting chosen on validation by ``select_by``."""
+    best, _ = best_cams(results, select_by)
+    return paired.compare(counts, paired.study_pairs(best, results, cams.BASELINES), n_boot, seed)
+
+
 def results_table(results: pd.DataFrame, unet: UnetStudy, select_by: str = "mean_dice") -> pd.DataFrame:
     """The test table: CAM and baseline rows by validation ``select_by``, then the U-Net's row."""
     u = {"arch": "U-Net (supervised)", "method": "-", "layer": "-", "val_mean_dice": unet.chosen["mean_dice"],
@@ -248,12 +268,13 @@ def results_table(results: pd.DataFrame, unet: UnetStudy, select_by: str = "mean
 
 
 def dice_record(study: CamStudy, unet: UnetStudy, table: pd.DataFrame, select_by: str, n_boot: int,
-                unet_width: int, run_dir: str | Path | None = None) -> dict:
+                unet_width: int, run_dir: str | Path | None = None, comparisons: pd.DataFrame | None = None) -> dict:
     """What ``metrics/05_dice.json`` holds: the choices, the U-Net, the random baseline at the best CAM's
     refinement (the setting :mod:`.evaluate` applies to new patients) and the test table.
 
     With ``run_dir``, also the hash of the classifier the choice was made on, which :mod:`.evaluate`
-    checks before applying the choice to another classifier file."""
+    checks before applying the choice to another classifier file; with ``comparisons``
+    (:func:`paired_comparisons`), their table."""
     results = study.results
     best_cam, by_refinement = best_cams(results, select_by)
     rand = (results.method == "random") & (results.refinement == best_cam.refinement)
@@ -270,6 +291,8 @@ def dice_record(study: CamStudy, unet: UnetStudy, table: pd.DataFrame, select_by
         "unet": u, "unet_width": unet_width, "unet_volume_cleanup": unet.chosen["volume_cleanup"],
         "unet_val_volume_cleanups": unet.val_rows,
         "random_baseline": results[rand].iloc[0].to_dict() if rand.any() else None,
-        "tables": {"Segmentation (test split)": table.to_dict(orient="records")},
+        "tables": {"Segmentation (test split)": table.to_dict(orient="records"),
+                   **({"Paired comparisons (test split, a - b per patient)": comparisons.to_dict(orient="records")}
+                      if comparisons is not None else {})},
         **({"classifier_sha256": file_sha256(Path(run_dir) / "models" / best_cam.arch / "best.pt")} if run_dir else {}),
     }

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from camseg_utils import pipeline, report
+from camseg_utils import paired, pipeline, report
 from camseg_utils.io import file_sha256
 
 
@@ -47,6 +47,16 @@ def test_smoke_run_writes_every_output(smoke_run):
     for r in rows:
         lo, hi = r["mean_dice_ci"]
         assert lo <= r["mean_dice"] + 1e-9 and r["mean_dice"] <= hi + 1e-9
+    # paired comparisons: from the per-slice counts 05 wrote, the chosen CAM against the random heatmap and U-Net
+    pairs = pd.DataFrame(dice["tables"]["Paired comparisons (test split, a - b per patient)"])
+    counts = pd.read_csv(run_dir / "metrics" / "05_test_counts.csv")
+    best = dice["best_cam"]
+    name = paired.setting_name(best["arch"], best["method"], best["layer"], best["refinement"])
+    assert {"CAM vs random heatmap", "U-Net vs CAM", "guided vs none"} <= set(pairs.comparison)
+    for r in pairs.itertuples():
+        assert r.difference == pytest.approx(paired.paired(counts, r.a, r.b, r.metric, n_boot=10)["difference"])
+    assert paired.scores(counts, name)["mean_dice"] == pytest.approx(best["mean_dice"])
+    assert paired.scores(counts, "U-Net")["patient_dice"] == pytest.approx(dice["unet"]["patient_dice"])
     retrain = json.loads((run_dir / "metrics" / "06_filtered_retrain.json").read_text())
     res = pd.DataFrame(retrain["results"])
     assert set(res["heatmap"]) == {"none", "layercam", "layercam + guided r=2", "random"}  # 05 chose r = 2
@@ -61,7 +71,7 @@ def test_smoke_run_writes_every_output(smoke_run):
                                                           "confounded by the heatmap's shape"}
     _check_pseudo_labels(run_dir, dice)
     for f in ("01_samples.png", "02_roc.png", "03_methods_small_cnn_middle.png", "04_threshold_layercam.png",
-              "05_dice_vs_threshold.png", "05_unet_vs_cam.png", "06_accuracy_vs_k.png", "07_pseudo_vs_unet.png"):
+              "05_dice_vs_threshold.png", "05_unet_vs_cam.png", "05_paired.png", "06_accuracy_vs_k.png", "07_pseudo_vs_unet.png"):
         assert (fig / f).stat().st_size > 1000, f
     md = (run_dir / "report.md").read_text()
     assert "Segmentation (test split)" in md and "Classifiers (test split)" in md
