@@ -55,6 +55,7 @@ def patient_dice(per_patient: pd.DataFrame, path: str | Path | None = None) -> p
     coloured by kind (CAM, baseline, U-Net)."""
     import seaborn as sns
 
+    per_patient = per_patient.reset_index(drop=True)  # one row per (model, patient): seaborn wants unique labels
     order = per_patient.groupby("model").patient_dice.mean().sort_values(ascending=False).index
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(order) + 1))
     sns.boxplot(data=per_patient, y="model", x="patient_dice", hue="kind", order=order, ax=ax, dodge=False)

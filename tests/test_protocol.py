@@ -64,3 +64,12 @@ def test_by_tumour_size_spreads_from_the_smallest_tumour_to_the_largest():
     assert dice_figures.by_tumour_size(manifest, 5).tolist() == [2, 5, 4, 6, 1]
     with pytest.raises(ValueError, match="no slice with tumour"):
         dice_figures.by_tumour_size(manifest[~manifest.tumour])
+
+
+def test_patient_dice_figure_takes_a_patient_without_any_dice(tmp_path):
+    """A tumour-free test patient with no prediction has no 3-D Dice (NaN) under every model."""
+    idx = pd.Index(["a", "b", "c"], name="patient")
+    frames = pd.concat([pd.DataFrame({"patient_dice": [0.1, np.nan, 0.3]}, index=idx).assign(model=m, kind=k)
+                        for m, k in (("cam", "CAM"), ("random", "baseline"), ("U-Net", "U-Net"))])
+    dice_figures.patient_dice(frames, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
