@@ -9,7 +9,8 @@ exist: a run stopped early with ``--to`` aggregates what it has) and collects:
 - 02: test ROC AUC and accuracy of every classifier architecture;
 - 05: test mean-Dice and patient Dice of the CAM setting chosen on validation (over every method,
   layer and refinement, and the best without refinement), of the supervised U-Net and of the
-  random heatmap; and how often each (architecture, method, layer, refinement) won on validation;
+  random heatmap; the paired differences of 05's comparisons (each seed's a and b are the settings
+  it chose); and how often each (architecture, method, layer, refinement) won on validation;
 - 06: the re-trained, shape-only and original-classifier test ROC AUC per heatmap, filter, k and
   fill, and how often each claim got each verdict. The guided radius of a refined heatmap is chosen
   on validation per seed, so '<method> + guided r=<radius>' is read as '<method> + guided'.
@@ -84,6 +85,9 @@ def _dice(m: dict) -> Iterable[Reading]:
         for key, name in (("mean_dice", "test mean-Dice"), ("patient_dice", "test patient Dice")):
             if key in entry:
                 yield "segmentation", {"masks": masks}, name, entry[key]
+    for r in _rows(m, "Paired comparisons"):
+        if isinstance(r, dict) and {"comparison", "metric", "difference"} <= set(r):
+            yield "paired", {"comparison": r["comparison"], "metric": r["metric"]}, "a - b per patient", r["difference"]
 
 
 def heatmap_name(name: str) -> str:
@@ -133,7 +137,7 @@ def load_seed_metrics(folder: str | Path) -> dict[str, dict]:
         try:
             m = read_json(p)
         except UnreadableFileError as e:
-            raise AggregateError(f"{e}; re-run the pipeline with the same --seeds to rewrite it") from None
+            raise AggregateError(f"{e}; re-run the pipeline with the same --seeds (or --folds) to rewrite it") from None
         if isinstance(m, dict):
             out[p.stem] = m
     return out
@@ -208,23 +212,26 @@ def _pm(n: dict, seeds: list[int]) -> str:
     return text + (f" (n = {n['n']})" if n["n"] < len(seeds) else "")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
 
 SECTIONS = {"classifiers": "Classifiers (02, test split)",
             "segmentation": "Segmentation (05, test split; knobs chosen on validation per seed)",
+            "paired": "Paired comparisons (05, test split: mean difference a - b per patient; a and b as each seed chose)",
             "retraining": "Filtered re-training (06, test ROC AUC; each seed's value a mean over its re-training seeds)"}
 
 
-def markdown(agg: dict, title: str = "", source: str = "") -> str:
+def markdown(agg: dict, title: str = "", source: str = "", unit: str = "seed") -> str:
+    """The aggregate as Markdown; ``unit``: what the runs are ('seed', or 'fold' for :mod:`.crossval`)."""
     seeds = agg["seeds"]
     order = " / ".join(map(str, seeds))
-    parts = [f"# camseg over seeds: {title}\n",
-             f"Seeds {', '.join(map(str, seeds))}. Each number as mean ± sd over seeds (sample sd; n = the seeds that "
-             f"have it, when not all), then its value per seed, in the order {order}. Regenerated from "
-             f"`seed-*/metrics/*.json` by `python -m camseg_utils.aggregate {source}`.\n"]
+    tool = "aggregate" if unit == "seed" else "crossval"
+    parts = [f"# camseg over {unit}s: {title}\n",
+             f"{unit.capitalize()}s {', '.join(map(str, seeds))}. Each number as mean ± sd over {unit}s (sample sd; "
+             f"n = the {unit}s that have it, when not all), then its value per {unit}, in the order {order}. "
+             f"Regenerated from `{unit}-*/metrics/*.json` by `python -m camseg_utils.{tool} {source}`.\n"]
     by_section: dict[str, list[dict]] = {}
     for n in agg["numbers"]:
         by_section.setdefault(n["section"], []).append(n)
@@ -242,20 +249,21 @@ def markdown(agg: dict, title: str = "", source: str = "") -> str:
                 n = cells.get(name)
                 row += [_pm(n, seeds), " / ".join(_f(n["values"].get(str(s))) for s in seeds)] if n else ["", ""]
             body.append(row)
-        header = cols + [h for name in names for h in (f"{name}, mean ± sd", "per seed")]
-        parts.append(f"\n## {SECTIONS.get(section, section)}\n\n" + _table(header, body))
+        header = cols + [h for name in names for h in (f"{name}, mean ± sd", f"per {unit}")]
+        title_ = SECTIONS.get(section, section).replace("per seed", f"per {unit}").replace("each seed", f"each {unit}")
+        parts.append(f"\n## {title_}\n\n" + markdown_table(header, body))
     if agg["winners"]:
         rows = [[w["arch"], w["method"], str(w["layer"]), w["refinement"], f"{w['wins']} of {len(seeds)}",
                  ", ".join(map(str, w["seeds"]))] for w in agg["winners"]]
         parts.append("\n## CAM setting chosen on validation (05)\n\n"
-                     + _table(["architecture", "method", "layer", "refinement", "chosen", "seeds"], rows))
+                     + markdown_table(["architecture", "method", "layer", "refinement", "chosen", f"{unit}s"], rows))
     if agg["verdicts"]:
         rows = [[v["heatmap"], v["claim"], v["verdict"], f"{v['count']} of {len(seeds)}", ", ".join(map(str, v["seeds"]))]
                 for v in agg["verdicts"]]
         parts.append("\n## Verdicts of the filtered re-training (06)\n\n"
-                     + _table(["heatmap", "claim", "verdict", "seeds with it", "seeds"], rows))
+                     + markdown_table(["heatmap", "claim", "verdict", f"{unit}s with it", f"{unit}s"], rows))
     if not agg["numbers"]:
-        parts.append("\nNo seed folder has metrics with headline numbers yet (02, 05 or 06).\n")
+        parts.append(f"\nNo {unit} folder has metrics with headline numbers yet (02, 05 or 06).\n")
     return "\n".join(parts)
 
 

@@ -1,6 +1,7 @@
 """Apply a finished run, unchanged, to new patients, and score it where masks exist.
 
     python -m camseg_utils.evaluate --run runs/lgg --data /path/to/kaggle_3m [--out DIR]
+    python -m camseg_utils.evaluate --run runs/lgg-folds --fold 2 --data ...   (a cross-validated run)
 
 Everything comes from the run folder: the classifier (``models/<arch>/best.pt``), the U-Net
 (``models/unet/best.pt``), and the CAM setting and every knob that notebook 05 chose on the
@@ -9,6 +10,11 @@ head gate, classifier gate, clean-up; the U-Net's 3-D clean-up); when the run ha
 notebook 07, also the U-Net trained on pseudo-masks with its 3-D clean-up. Nothing is tuned on
 the new data. Images of another size are resized exactly as in training (the report says so);
 slices without a mask get predictions only.
+
+A cross-validated run (``--folds``) is applied one fold at a time (``--fold F``), never as an
+ensemble: each fold's threshold, gates and clean-up were chosen on its own validation split for its
+own classifier's heatmaps, and an average of the folds' heatmaps is a new heatmap no fold validated.
+Any fold is a valid choice; the pooled report (``crossval.md``) says how far the folds differ.
 """
 
 from __future__ import annotations
@@ -32,6 +38,22 @@ from .report import markdown_table
 
 class RunError(ValueError):
     """A run folder that lacks what evaluation needs."""
+
+
+def resolve_run(run_dir: str | Path, fold: int | None = None) -> Path:
+    """The run folder to apply: ``run_dir`` itself, or fold ``fold`` of a cross-validated run."""
+    run_dir = Path(run_dir)
+    folds = sorted(int(p.name[5:]) for p in run_dir.glob("fold-*") if p.name[5:].isdigit()) if run_dir.is_dir() else []
+    if fold is None:
+        if folds and not (run_dir / "metrics").is_dir():
+            raise RunError(f"{run_dir} is a cross-validated run (folds {', '.join(map(str, folds))}): give --fold F to "
+                           f"apply one fold's classifier, CAM setting and U-Net (the folds are not ensembled: each "
+                           f"fold's knobs were chosen for its own classifier's heatmaps)")
+        return run_dir
+    if fold not in folds:
+        raise RunError(f"--fold {fold}: {run_dir} has no fold-{fold} folder"
+                       + (f"; its folds are {', '.join(map(str, folds))}" if folds else " (it is no cross-validated run)"))
+    return run_dir / f"fold-{fold}"
 
 
 def required_files(run_dir: Path) -> tuple[dict, list[Path]]:
@@ -223,18 +245,20 @@ def _write_report(out_dir: Path, r: dict) -> None:
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--run", required=True, help="a finished run folder (runs/<preset>)")
     ap.add_argument("--data", required=True, help="a kaggle_3m-layout folder (.tif or .png)")
-    ap.add_argument("--out", help="output folder (default RUN/external/<data folder name>)")
+    ap.add_argument("--fold", type=int, help="with a cross-validated run (--folds): the fold to apply")
+    ap.add_argument("--out", help="output folder (default RUN/external/<data folder name>, RUN the fold's folder)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=32)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     try:
-        r = evaluate(args.run, args.data, args.out, args.device, args.batch_size)
+        run = resolve_run(args.run, args.fold)
+        r = evaluate(run, args.data, args.out, args.device, args.batch_size)
     except (RunError, data.DataError, train.CheckpointError, UnreadableFileError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    out = Path(args.out or Path(args.run) / "external" / Path(args.data).name)
+    out = Path(args.out or run / "external" / Path(args.data).name)
     print(f"evaluated {r['slices']} slices in {r['seconds']:.0f} s; report {out / 'report.md'}")
     if "cam" in r:
         print(f"classifier accuracy {r['classification']['accuracy']:.3f}, AUC {r['classification']['auc']:.3f}; "

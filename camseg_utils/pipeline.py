@@ -28,7 +28,9 @@ source hash, data fingerprint, preset and overrides, seeds, library versions, ma
 
 ``--seeds 0 1 2`` runs the study once per training seed, one run folder each, sharing the data
 stage, and writes the numbers' mean ± sd over seeds (``--jobs N`` / ``--dask ADDRESS|local`` run
-the seeds side by side): see :mod:`camseg_utils.seeds`.
+the seeds side by side): see :mod:`camseg_utils.seeds`. ``--folds 5`` cross-validates by patient: the
+study once per fold, each patient tested once, the numbers pooled over all patients with paired
+comparisons (``crossval.md``): see :mod:`camseg_utils.folds` and :mod:`camseg_utils.crossval`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .folds import run_folds
 from .params import (
     STAGES,
     PipelineError,
@@ -68,17 +71,30 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seeds", nargs="+", type=int, metavar="S",
                     help="run the study once per training seed, in RUN_DIR/seed-S (default run folder "
                          "./runs/<preset>-seeds), and write the numbers' mean ± sd over seeds (aggregate.md)")
-    ap.add_argument("--jobs", type=int, metavar="N", help="with --seeds: run N seeds at once, sharing the cores out")
+    ap.add_argument("--folds", type=int, metavar="K",
+                    help="cross-validate by patient: run the study once per fold, in RUN_DIR/fold-F (default run "
+                         "folder ./runs/<preset>-folds), each patient tested once, and pool the numbers over all "
+                         "patients (crossval.md)")
+    ap.add_argument("--jobs", type=int, metavar="N",
+                    help="with --seeds or --folds: run N seeds (folds) at once, sharing the cores out")
     ap.add_argument("--threads", type=int, metavar="T",
-                    help="with --seeds: torch threads of each seed's notebooks (default: as they are one by one, "
-                         "cores // N with --jobs N); CPU numbers depend on it")
+                    help="with --seeds or --folds: torch threads of each run's notebooks (default: as they are one by "
+                         "one, cores // N with --jobs N); CPU numbers depend on it")
     ap.add_argument("--dask", metavar="ADDRESS",
-                    help="with --seeds: run the seeds on a Dask scheduler at ADDRESS, or 'local' for a LocalCluster "
-                         "of --jobs workers (needs the extra camseg[cluster])")
+                    help="with --seeds or --folds: run them on a Dask scheduler at ADDRESS, or 'local' for a "
+                         "LocalCluster of --jobs workers (needs the extra camseg[cluster])")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     try:
+        if args.seeds is not None and args.folds is not None:
+            raise PipelineError("--seeds and --folds together: give one (a cross-validation per seed is one "
+                                "--folds run per -p seed=S, each in its own --run-dir)")
+        if args.folds is not None:
+            run_folds(args.preset, args.folds, parse_overrides(args.param), args.force, args.start, args.stop,
+                      args.run_dir, args.figures_dir, notebook_dir=args.notebooks, dry_run=args.dry_run,
+                      jobs=args.jobs, dask=args.dask, threads=args.threads)
+            return 0
         if args.seeds is not None:
             run_seeds(args.preset, args.seeds, parse_overrides(args.param), args.force, args.start, args.stop,
                       args.run_dir, args.figures_dir, notebook_dir=args.notebooks, dry_run=args.dry_run,
@@ -86,8 +102,8 @@ def run_from_args(args: argparse.Namespace) -> int:
             return 0
         alone = [f for f, v in (("--jobs", args.jobs), ("--dask", args.dask), ("--threads", args.threads)) if v is not None]
         if alone:
-            raise PipelineError(f"{alone[0]} acts on the seed folders of a multi-seed run: give --seeds too "
-                                f"(e.g. --seeds 0 1 2)")
+            raise PipelineError(f"{alone[0]} acts on the folders of a multi-seed or cross-validated run: give "
+                                f"--seeds or --folds too (e.g. --seeds 0 1 2)")
         run(args.preset, parse_overrides(args.param), args.force, args.start, args.stop, args.run_dir,
             args.figures_dir, notebook_dir=args.notebooks, dry_run=args.dry_run)
     except PipelineError as e:

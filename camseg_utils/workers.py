@@ -1,7 +1,8 @@
-"""Running the seed folders of a multi-seed run (:mod:`.seeds`): one by one, in worker processes, or on Dask.
+"""Running the folders of a multi-seed or cross-validated run (:mod:`.seeds`, :mod:`.folds`): one by one,
+in worker processes, or on Dask.
 
-:func:`run_seed` is what every mode runs once per seed: it hands the seed folder the shared data
-stage (:func:`.records.share_stage`) and runs the pipeline there, with the notebook kernels' torch
+:func:`run_seed` is what every mode runs once per seed or fold: it hands a seed folder the shared data
+stage (:func:`.records.share_stage`; a fold has its own) and runs the pipeline there, with the notebook kernels' torch
 and BLAS threads pinned (:func:`pinned_threads`). :func:`run_tasks` runs it for every seed one by
 one, in ``--jobs`` spawned worker processes or on a Dask cluster (``--dask``), and collects the
 seeds that failed, so the others still finish. Worker processes and Dask workers import
@@ -86,8 +87,8 @@ def run_seed(task: dict, threads: int | None = 0, label: str | None = None) -> s
     """Give one seed folder the shared data stage, then run its pipeline.
 
     ``task``: ``run`` (keyword arguments of :func:`.runner.run`), ``shared`` and ``shared_figures``
-    (the data stage's run and figures folders), ``stage`` (the data stage), ``after`` (False: share
-    only). ``threads``: torch/BLAS threads of its notebook kernels, set in the environment the kernels
+    (the data stage's run and figures folders; None: nothing shared, as for a fold), ``stage`` (the
+    data stage), ``after`` (False: share only). ``threads``: torch/BLAS threads of its notebook kernels, set in the environment the kernels
     inherit; 0 leaves them as they are; None: this Dask worker's machine's cores // its threads.
     Returns None on success, else the pipeline's error message (other errors propagate).
     """
@@ -100,9 +101,10 @@ def run_seed(task: dict, threads: int | None = 0, label: str | None = None) -> s
         with pinned_threads(threads if task["after"] else 0), contextlib.redirect_stdout(out):
             for sub in ("notebooks", "stages"):
                 (folder / sub).mkdir(parents=True, exist_ok=True)
-            with locked(folder):
-                share_stage(task["shared"], folder, task["stage"])
-            share_figures(Path(task["shared_figures"]), Path(run["figures_dir"]))
+            if task.get("shared"):
+                with locked(folder):
+                    share_stage(task["shared"], folder, task["stage"])
+                share_figures(Path(task["shared_figures"]), Path(run["figures_dir"]))
             if task["after"]:
                 runner.run(**run)
     except PipelineError as e:
@@ -110,16 +112,17 @@ def run_seed(task: dict, threads: int | None = 0, label: str | None = None) -> s
     return None
 
 
-def run_tasks(tasks: dict[int, dict], jobs: int | None, dask: str | None, threads: int | None) -> dict[int, str]:
-    """Run every seed's task; ``{seed: error}`` of those that failed."""
+def run_tasks(tasks: dict[int, dict], jobs: int | None, dask: str | None, threads: int | None,
+              kind: str = "seed") -> dict[int, str]:
+    """Run every seed's (or fold's: ``kind``) task; ``{seed: error}`` of those that failed."""
     failures: dict[int, str] = {}
     if dask:
-        return _dask_results(tasks, jobs, dask, threads)
+        return _dask_results(tasks, jobs, dask, threads, kind)
     if not jobs or jobs == 1:
         for seed, task in tasks.items():
             err = run_seed(task, threads or 0)
             if err:
-                print(f"[seed {seed}] failed: {err}", flush=True)
+                print(f"[{kind} {seed}] failed: {err}", flush=True)
                 failures[seed] = err
         return failures
     from concurrent.futures import ProcessPoolExecutor
@@ -127,12 +130,12 @@ def run_tasks(tasks: dict[int, dict], jobs: int | None, dask: str | None, thread
 
     n = min(jobs, len(tasks))
     threads = threads or max(1, cores() // n)
-    print(f"{len(tasks)} seed runs in {n} worker processes, {threads} threads each", flush=True)
+    print(f"{len(tasks)} {kind} runs in {n} worker processes, {threads} threads each", flush=True)
     with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
-        futures = {seed: pool.submit(run_seed, _quiet(task), threads, f"[seed {seed}] ")
+        futures = {seed: pool.submit(run_seed, _quiet(task), threads, f"[{kind} {seed}] ")
                    for seed, task in tasks.items()}
         for seed, f in futures.items():
-            _collect(seed, f.result, failures)
+            _collect(seed, f.result, failures, kind)
     return failures
 
 
@@ -141,13 +144,13 @@ def _quiet(task: dict) -> dict:
     return dict(task, run=dict(task["run"], progress=False))
 
 
-def _collect(seed: int, result, failures: dict[int, str]) -> None:
+def _collect(seed: int, result, failures: dict[int, str], kind: str = "seed") -> None:
     try:
         err = result()
     except Exception as e:  # a worker that died, or a bug: the other seeds still finish
         err = f"{type(e).__name__}: {e}"
     if err:
-        print(f"[seed {seed}] failed: {err}", flush=True)
+        print(f"[{kind} {seed}] failed: {err}", flush=True)
         failures[seed] = err
 
 
@@ -159,7 +162,8 @@ def require_dask() -> None:
             from None
 
 
-def _dask_results(tasks: dict[int, dict], jobs: int | None, address: str, threads: int | None) -> dict[int, str]:
+def _dask_results(tasks: dict[int, dict], jobs: int | None, address: str, threads: int | None,
+                  kind: str = "seed") -> dict[int, str]:
     require_dask()
     from distributed import Client, LocalCluster
 
@@ -171,19 +175,19 @@ def _dask_results(tasks: dict[int, dict], jobs: int | None, address: str, thread
             cluster = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                                        dashboard_address=None))
             client = stack.enter_context(Client(cluster))
-            print(f"{len(tasks)} seed runs on a Dask LocalCluster of {n} workers, {threads} threads each", flush=True)
+            print(f"{len(tasks)} {kind} runs on a Dask LocalCluster of {n} workers, {threads} threads each", flush=True)
         else:
             try:
                 client = stack.enter_context(Client(address, timeout=30))
             except (OSError, TimeoutError) as e:
                 raise PipelineError(f"--dask {address}: no Dask scheduler answered there ({e}); give its address "
                                     f"(e.g. tcp://host:8786) or 'local'") from None
-            print(f"{len(tasks)} seed runs on the Dask scheduler at {address}", flush=True)
+            print(f"{len(tasks)} {kind} runs on the Dask scheduler at {address}", flush=True)
         run_id = uuid.uuid4().hex[:8]
         futures = {seed: client.submit(run_seed, _quiet(task), threads,
-                                       f"[seed {seed}] " if address == "local" else None,
-                                       key=f"camseg-seed-{seed}-{run_id}", pure=False)
+                                       f"[{kind} {seed}] " if address == "local" else None,
+                                       key=f"camseg-{kind}-{seed}-{run_id}", pure=False)
                    for seed, task in tasks.items()}
         for seed, f in futures.items():
-            _collect(seed, f.result, failures)
+            _collect(seed, f.result, failures, kind)
     return failures

@@ -191,3 +191,35 @@ def test_real_lgg_counts():
     split = data.split_patients(m, seed=0)
     assert split.groupby("patient")["split"].nunique().max() == 1
     assert os.stat(LGG_ROOT).st_mtime_ns == before
+
+
+def test_folds_are_disjoint_cover_every_patient_and_keep_sites_in_proportion():
+    ds = data.generate_synthetic(n_patients=20, size=32, seed=0, progress=False)
+    k, tests = 4, []
+    for fold in range(k):
+        m = data.fold_patients(ds.manifest, k, fold, seed=3)
+        assert m.groupby("patient")["split"].nunique().max() == 1  # whole patients only
+        per = m.groupby("split")["patient"].nunique()
+        assert per["test"] == 5 and per["val"] >= 1 and per["train"] > per["val"]
+        # each site (4 sites x 5 patients) gives every fold one or two of its patients
+        assert m[m.split == "test"].groupby("institution")["patient"].nunique().between(1, 2).all()
+        tests.append(set(m.loc[m.split == "test", "patient"]))
+    assert set().union(*tests) == set(ds.manifest.patient) and sum(map(len, tests)) == 20
+    again = data.fold_patients(ds.manifest, k, 2, seed=3)
+    assert again.equals(data.fold_patients(ds.manifest, k, 2, seed=3))  # same seed, same folds
+    built = data.build_dataset("synthetic", image_size=32, n_patients=20, seed=3, progress=False, folds=k, fold=2)
+    assert set(built.manifest.loc[built.manifest.split == "test", "patient"]) == tests[2]
+
+
+def test_fold_errors_name_the_parameter():
+    ds = data.generate_synthetic(n_patients=8, size=32, seed=0, progress=False)
+    with pytest.raises(data.DataError, match="folds=1"):
+        data.fold_patients(ds.manifest, 1, 0)
+    with pytest.raises(data.DataError, match="folds=9: expected 2 to 8"):
+        data.fold_patients(ds.manifest, 9, 0)
+    with pytest.raises(data.DataError, match="fold=4: expected 0 to 3"):
+        data.fold_patients(ds.manifest, 4, 4)
+    with pytest.raises(data.DataError, match="fold=1.5"):
+        data.fold_patients(ds.manifest, 4, 1.5)
+    with pytest.raises(data.DataError, match="validation shares above 0"):
+        data.fold_patients(ds.manifest, 4, 0, (1.0, 0.0, 0.0))
