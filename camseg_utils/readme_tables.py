@@ -26,7 +26,7 @@ import numpy as np
 
 from .readme_sources import ReadmeError, data_line, load_metrics, provenance, stage_metrics
 
-KINDS = ("classifier", "dice", "retrain", "pseudo")
+KINDS = ("classifier", "dice", "paired", "retrain", "pseudo")
 MARKER = re.compile(r"(<!-- table:(?P<name>[\w-]+):(?P<kind>[\w-]+) -->)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
@@ -119,6 +119,29 @@ def dice_table(m: dict, run_dir: Path) -> str:
     return _table(header, body) + "\n" + f"Knobs chosen by {m.get('select_by', 'mean_dice')} on the validation split. "
 
 
+def paired_table(m: dict, run_dir: Path) -> str:
+    """Notebook 05's paired comparisons: a - b per test patient on both metrics, with CI and Wilcoxon p."""
+    rows = next((t for title, t in (m.get("tables") or {}).items() if title.startswith("Paired comparisons")), None)
+    if not rows:
+        raise ReadmeError(f"{run_dir / 'metrics/05_dice.json'} has no paired comparisons table (a run made before "
+                          f"notebook 05 wrote one: re-run 05)")
+    by: dict[tuple, dict] = {}
+    for r in rows:
+        by.setdefault((r["comparison"], r["a"], r["b"]), {})[r["metric"]] = r
+    short = lambda name: name.split(" ", 1)[1] if " " in name and name != "U-Net" else name  # noqa: E731 (no model)
+    body = []
+    for (what, a, b), mets in by.items():
+        cells = []
+        for metric in ("mean_dice", "patient_dice"):
+            r = mets.get(metric)
+            cells += [f"{_num(r['difference'])}{_ci(r['ci'])}", f"{r['a_better']} / {r['b_better']}", _num(r["p"])] \
+                if r else ["", "", ""]
+        body.append([what, f"{short(a)} - {short(b)}"] + cells)
+    header = ["comparison", "a - b", "mean-Dice a - b [95 % CI]", "patients a / b better", "p",
+              "patient Dice a - b [95 % CI]", "patients a / b better", "p"]
+    return _table(header, body) + "\nDifferences per test patient, CIs by patient bootstrap, p: Wilcoxon signed-rank. "
+
+
 def retrain_table(m: dict, run_dir: Path) -> str:
     """Notebook 06 at its smallest k: each re-trained reading beside its shape-only control, their difference and
     the original classifier's reading, per heatmap (the random control last); then the verdict per claim."""
@@ -181,6 +204,7 @@ def pseudo_table(m: dict, run_dir: Path) -> str:
 
 # kind -> (the stage whose metrics it reads, its body; :func:`table` adds where the numbers come from)
 TABLES = {"classifier": ("02_train", classifier_table), "dice": ("05_dice", dice_table),
+          "paired": ("05_dice", paired_table),
           "retrain": ("06_filtered_retrain", retrain_table), "pseudo": ("07_pseudo_labels", pseudo_table)}
 
 

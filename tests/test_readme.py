@@ -60,6 +60,10 @@ def test_tables_from_a_smoke_run(smoke_run):
     clf = json.loads((run_dir / "metrics" / "02_train.json").read_text())["tables"]["Classifiers (test split)"][0]
     assert f"| {clf['arch']} |" in t["classifier"] and f"{clf['test_auc']:.3f}" in t["classifier"]
     assert "±" in t["retrain"] and "random (control)" in t["retrain"]
+    pairs = dice["tables"]["Paired comparisons (test split, a - b per patient)"]
+    rows = {line.split("|")[1].strip(): line for line in t["paired"].splitlines() if line.startswith("| ")}
+    for r in pairs:
+        assert f"{r['difference']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]" in rows[r["comparison"]]
     weak = json.loads((run_dir / "metrics" / "07_pseudo_labels.json").read_text())
     rows = {line.split("|")[1].strip(): line for line in t["pseudo"].splitlines() if line.startswith("| ")}
     p = weak["pseudo"]
