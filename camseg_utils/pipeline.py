@@ -14,7 +14,7 @@ What decides a re-run: a stage is skipped when a record of its successful run ex
 key is unchanged and whose output files are still those it wrote. The key is a hash of the
 notebook, its parameters, the key of the stage before it, the source of every
 ``camseg_utils`` module the notebook imports (directly or through other modules) and, for a
-stage that reads a data folder, that folder's fingerprint (names, sizes, modification times).
+stage that reads a data folder, that folder's fingerprint (names, sizes, content hashes).
 So a change anywhere upstream re-runs what depends on it and nothing else. A stage that was
 interrupted resumes its own work (a classifier from ``last.pt``) only when re-run with the
 same key; a stage re-run for any other reason, and every stage under ``--force`` or

@@ -15,6 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable
 
+from .io import file_sha256
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
 
@@ -105,23 +107,23 @@ def package_source_sha256() -> str:
 
 
 def data_fingerprint(root: str | Path) -> str:
-    """Names, sizes and modification times of every file under ``root`` (no pixels read: cheap).
+    """Names, sizes and content hashes of every file under ``root``.
 
-    A changed, added, removed or touched file changes it.
+    A changed, added, removed or renamed file changes it; a copy of the folder, or a file touched
+    without change, keeps it, so copying a data set (new modification times) re-runs nothing. Every
+    byte is read: about 2 s for the 210 MB of LGG's kaggle_3m on a 2-core CPU.
     """
     root = Path(root)
     h = hashlib.sha256()
     if root.is_file():
-        st = root.stat()
-        h.update(f"{root.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{root.name}\0{root.stat().st_size}\0{file_sha256(root)}\n".encode())
         return h.hexdigest()
     entries = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for f in filenames:
             p = Path(dirpath) / f
-            st = p.stat()
-            entries.append(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n")
+            entries.append(f"{p.relative_to(root)}\0{p.stat().st_size}\0{file_sha256(p)}\n")
     for e in sorted(entries):
         h.update(e.encode())
     return h.hexdigest()

@@ -1,6 +1,7 @@
 """Runs that can be trusted: nothing stale, nothing silently ignored, every number traceable."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -127,6 +128,18 @@ def test_a_changed_data_file_changes_the_fingerprint_and_the_key(lgg_tree, tmp_p
     params = {"dataset": "lgg", "data_root": str(lgg_tree)}
     assert pipeline.stage_key(nb, params, "", {"data_root": before}) != pipeline.stage_key(nb, params, "",
                                                                                           {"data_root": after})
+
+
+def test_a_copy_of_the_data_with_new_times_keeps_the_fingerprint(lgg_tree, tmp_path):
+    """Copying a data set (as a fresh download or a restore does) must not re-run a study; renaming a file must."""
+    copy = tmp_path / "copy"
+    shutil.copytree(lgg_tree, copy, copy_function=shutil.copy)  # new modification times
+    for p in copy.rglob("*.png"):
+        os.utime(p, ns=(1, 1))
+    assert prov.data_fingerprint(copy) == prov.data_fingerprint(lgg_tree)
+    first = sorted(copy.rglob("*_1.png"))[0]
+    first.rename(first.with_name(first.name.replace("_1.png", "_99.png")))
+    assert prov.data_fingerprint(copy) != prov.data_fingerprint(lgg_tree)
 
 
 def test_changed_or_unreadable_records_and_outputs_rerun(smoke_run, tmp_path):
