@@ -144,8 +144,8 @@ def test_bad_seed_options(tmp_path, capsys, monkeypatch):
         assert pipeline.main(["--preset", "smoke", "--run-dir", str(tmp_path / "r"), *argv]) == 1
         return capsys.readouterr().err
 
-    assert "give --seeds too" in err("--jobs", "2")
-    assert "give --seeds too" in err("--dask", "local")
+    assert "give --seeds or --folds too" in err("--jobs", "2")
+    assert "give --seeds or --folds too" in err("--dask", "local")
     assert "given twice" in err("--seeds", "1", "1")
     assert cli.main(["run", "--preset", "smoke", "--seeds", "1", "1"]) == 1  # the console script takes the same
     assert "given twice" in capsys.readouterr().err
