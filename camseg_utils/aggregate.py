@@ -34,7 +34,6 @@ from typing import Any, Callable, Iterable
 
 from .io import UnreadableFileError, atomic_path, read_json, write_json
 
-SEED_DIR = re.compile(r"^seed-(?P<seed>\d+)$")
 GUIDED_RADIUS = re.compile(r"^(?P<name>.+ \+ guided) r=\d+$")
 
 
@@ -46,12 +45,18 @@ def seed_folder(run_dir: str | Path, seed: int) -> Path:
     return Path(run_dir) / f"seed-{seed}"
 
 
-def seed_folders(run_dir: str | Path) -> dict[int, Path]:
-    """``{seed: folder}`` of every ``seed-<S>`` folder under ``run_dir``, by seed."""
+def numbered_folders(run_dir: str | Path, prefix: str = "seed") -> dict[int, Path]:
+    """``{n: folder}`` of every ``<prefix>-<n>`` folder under ``run_dir`` (seed or fold folders), by n."""
     run_dir = Path(run_dir)
-    found = {int(m["seed"]): p for p in run_dir.iterdir() if p.is_dir() and (m := SEED_DIR.match(p.name))} \
+    pattern = re.compile(rf"^{re.escape(prefix)}-(?P<n>\d+)$")
+    found = {int(m["n"]): p for p in run_dir.iterdir() if p.is_dir() and (m := pattern.match(p.name))} \
         if run_dir.is_dir() else {}
     return dict(sorted(found.items()))
+
+
+def seed_folders(run_dir: str | Path) -> dict[int, Path]:
+    """``{seed: folder}`` of every ``seed-<S>`` folder under ``run_dir``, by seed."""
+    return numbered_folders(run_dir, "seed")
 
 
 # ----------------------------------------------------------------------------- reading one seed

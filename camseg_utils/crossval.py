@@ -24,7 +24,6 @@ each number covers.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Iterable
@@ -36,7 +35,6 @@ from . import paired
 from .classification import classification_metrics
 from .io import UnreadableFileError, atomic_path, read_json, write_json
 
-FOLD_DIR = re.compile(r"^fold-(?P<fold>\d+)$")
 ROLES = ("CAM setting chosen on validation", "best CAM setting without refinement", "random heatmap", "U-Net")
 
 
@@ -49,10 +47,7 @@ def fold_folder(run_dir: str | Path, fold: int) -> Path:
 
 
 def fold_folders(run_dir: str | Path) -> dict[int, Path]:
-    run_dir = Path(run_dir)
-    found = {int(m["fold"]): p for p in run_dir.iterdir() if p.is_dir() and (m := FOLD_DIR.match(p.name))} \
-        if run_dir.is_dir() else {}
-    return dict(sorted(found.items()))
+    return agg_.numbered_folders(run_dir, "fold")
 
 
 def _name(entry: dict, baseline: str | None = None) -> str:

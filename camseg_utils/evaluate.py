@@ -29,6 +29,7 @@ import pandas as pd
 from PIL import Image
 
 from . import classification, data, metrics, protocol, pseudo_labels, train, unet
+from .aggregate import numbered_folders
 from .heatmap_cache import cached_heatmaps
 from .io import UnreadableFileError, arrays_digest, atomic_path, file_sha256, read_json, write_json
 from .masks import head_masks
@@ -43,7 +44,7 @@ class RunError(ValueError):
 def resolve_run(run_dir: str | Path, fold: int | None = None) -> Path:
     """The run folder to apply: ``run_dir`` itself, or fold ``fold`` of a cross-validated run."""
     run_dir = Path(run_dir)
-    folds = sorted(int(p.name[5:]) for p in run_dir.glob("fold-*") if p.name[5:].isdigit()) if run_dir.is_dir() else []
+    folds = list(numbered_folders(run_dir, "fold"))
     if fold is None:
         if folds and not (run_dir / "metrics").is_dir():
             raise RunError(f"{run_dir} is a cross-validated run (folds {', '.join(map(str, folds))}): give --fold F to "

@@ -32,7 +32,7 @@ from .crossval import fold_folder, write_crossval
 from .io import write_json
 from .params import STAGES, PipelineError, default_notebook_dir, load_preset, notebook_parameters, validate
 from .records import locked
-from .workers import require_dask, run_tasks
+from .workers import check_parallel, run_tasks
 
 DATA_STAGE = STAGES[0]
 FOLD_KEYS = ("folds", "fold")
@@ -70,14 +70,7 @@ def run_folds(
     report then holds the folds that got through).
     """
     folds = check_folds(folds)
-    for name, v in (("--jobs", jobs), ("--threads", threads)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise PipelineError(f"{name} {v!r}: expected a positive integer")
-    if dask and jobs and dask != "local":
-        raise PipelineError(f"--jobs with --dask {dask}: the scheduler's workers decide how many folds run at once; "
-                            f"--jobs counts the workers of --dask local only")
-    if dask:
-        require_dask()
+    check_parallel(jobs, threads, dask, "fold")
     preset = load_preset(preset_name)
     overrides = dict(overrides or {})
     nb_dir = Path(notebook_dir) if notebook_dir else default_notebook_dir()

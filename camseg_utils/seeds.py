@@ -55,7 +55,7 @@ from .params import (
     validate,
 )
 from .records import locked
-from .workers import require_dask, run_tasks
+from .workers import check_parallel, run_tasks
 
 SHARED = "shared"
 
@@ -120,15 +120,7 @@ def run_seeds(
     aggregate then holds the seeds that got through).
     """
     seeds = check_seeds(seeds)
-    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
-        raise PipelineError(f"--jobs {jobs!r}: expected a positive integer")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise PipelineError(f"--threads {threads!r}: expected a positive integer")
-    if dask and jobs and dask != "local":
-        raise PipelineError(f"--jobs with --dask {dask}: the scheduler's workers decide how many seeds run at once; "
-                            f"--jobs counts the workers of --dask local only")
-    if dask:
-        require_dask()
+    check_parallel(jobs, threads, dask, "seed")
     preset = load_preset(preset_name)
     overrides = dict(overrides or {})
     nb_dir = Path(notebook_dir) if notebook_dir else default_notebook_dir()

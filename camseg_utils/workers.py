@@ -154,6 +154,18 @@ def _collect(seed: int, result, failures: dict[int, str], kind: str = "seed") ->
         failures[seed] = err
 
 
+def check_parallel(jobs: int | None, threads: int | None, dask: str | None, kind: str = "seed") -> None:
+    """Refuse bad --jobs / --threads / --dask values for runs of several seeds or folds (``kind``)."""
+    for name, v in (("--jobs", jobs), ("--threads", threads)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise PipelineError(f"{name} {v!r}: expected a positive integer")
+    if dask and jobs and dask != "local":
+        raise PipelineError(f"--jobs with --dask {dask}: the scheduler's workers decide how many {kind}s run at once; "
+                            f"--jobs counts the workers of --dask local only")
+    if dask:
+        require_dask()
+
+
 def require_dask() -> None:
     try:
         import distributed  # noqa: F401
