@@ -82,7 +82,11 @@ def paired_differences(comparisons: pd.DataFrame, path: str | Path | None = None
         rows = comparisons[comparisons.metric == metric].reset_index(drop=True)
         lo, hi = np.array([c[0] for c in rows.ci]), np.array([c[1] for c in rows.ci])
         y = np.arange(len(rows))[::-1]
-        ax.errorbar(rows.difference, y, xerr=[rows.difference - lo, hi - rows.difference], fmt="o", color="k", capsize=3)
+        d = rows.difference.to_numpy(float)
+        # a percentile interval need not hold the point (few patients, or rounding when every difference is
+        # equal): the bar then ends at the point rather than pointing backwards
+        ax.errorbar(d, y, xerr=[np.clip(d - lo, 0, None), np.clip(hi - d, 0, None)], fmt="o", color="k", capsize=3)
+        ax.plot(np.c_[lo, hi].T, np.c_[y, y].T, color="k", lw=1)
         ax.axvline(0, color="grey", lw=1, ls="--")
         ax.set_yticks(y, list(rows.comparison), fontsize=8)  # a and b by name: the table beside it
         ax.set(xlabel=f"{'mean-Dice' if metric == 'mean_dice' else 'patient Dice'} difference, a - b (95 % CI)")

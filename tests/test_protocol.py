@@ -73,3 +73,12 @@ def test_patient_dice_figure_takes_a_patient_without_any_dice(tmp_path):
                         for m, k in (("cam", "CAM"), ("random", "baseline"), ("U-Net", "U-Net"))])
     dice_figures.patient_dice(frames, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_paired_figure_takes_an_interval_that_misses_its_point(tmp_path):
+    """Percentile intervals of few patients can lie beside the mean difference; the figure still draws."""
+    rows = pd.DataFrame({"comparison": ["a vs b", "a vs b", "c vs d", "c vs d"],
+                         "metric": ["mean_dice", "patient_dice"] * 2, "difference": [0.1, -0.2, 0.0, np.nan],
+                         "ci": [[0.12, 0.3], [-0.5, -0.25], [0.0, 0.0], [np.nan, np.nan]]})
+    dice_figures.paired_differences(rows, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
