@@ -156,3 +156,9 @@ def test_update_says_which_stage_a_stopped_run_lacks(tmp_path):
     text = readme.read_text()
     assert "old" not in text and "| small_cnn |" in text and "0.910" in text
     assert f"*Not generated: `{run / 'metrics' / '06_filtered_retrain.json'}` is missing.*" in text
+
+
+def test_paired_table_of_a_run_older_than_the_comparisons_says_so(tmp_path):
+    m = {"tables": {"Segmentation (test split)": []}}
+    text = readme_tables.paired_table(m, tmp_path)
+    assert text.startswith("*Not generated:") and "re-run 05" in text
