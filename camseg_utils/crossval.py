@@ -34,6 +34,7 @@ from . import aggregate as agg_
 from . import paired
 from .classification import classification_metrics
 from .io import UnreadableFileError, atomic_path, read_json, write_json
+from .readme_tables import p_value
 
 ROLES = ("CAM setting chosen on validation", "best CAM setting without refinement", "random heatmap", "U-Net")
 
@@ -193,7 +194,7 @@ def markdown(cv: dict, title: str = "", source: str = "") -> str:
                          ["comparison", "metric", "folds", "patients", "a", "b", "a - b [95 % CI]", "p",
                           "patients a better / b better"],
                          [[r["comparison"], r["metric"], str(r["folds"]), str(r["patients"]), _f(r["a_value"]),
-                           _f(r["b_value"]), _ci(r["difference"], r["ci"]), _f(r["p"]),
+                           _f(r["b_value"]), _ci(r["difference"], r["ci"]), p_value(r["p"]),
                            f"{r['a_better']} / {r['b_better']}"] for r in cv["paired"]]))
     if cv["per_fold"]:
         cols = list(dict.fromkeys(k for r in cv["per_fold"] for k in r))

@@ -50,6 +50,11 @@ def _ci(v) -> str:
     return f" [{_num(v[0])}, {_num(v[1])}]"
 
 
+def p_value(v) -> str:
+    """A p-value to three decimals, or '< 0.001' (with 12 patients all on one side, Wilcoxon gives 0.0005)."""
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else "< 0.001" if v < 0.001 else f"{v:.3f}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -134,7 +139,7 @@ def paired_table(m: dict, run_dir: Path) -> str:
         cells = []
         for metric in ("mean_dice", "patient_dice"):
             r = mets.get(metric)
-            cells += [f"{_num(r['difference'])}{_ci(r['ci'])}", f"{r['a_better']} / {r['b_better']}", _num(r["p"])] \
+            cells += [f"{_num(r['difference'])}{_ci(r['ci'])}", f"{r['a_better']} / {r['b_better']}", p_value(r["p"])] \
                 if r else ["", "", ""]
         body.append([what, f"{short(a)} - {short(b)}"] + cells)
     header = ["comparison", "a - b", "mean-Dice a - b [95 % CI]", "patients a / b better", "p",

@@ -162,3 +162,8 @@ def test_paired_table_of_a_run_older_than_the_comparisons_says_so(tmp_path):
     m = {"tables": {"Segmentation (test split)": []}}
     text = readme_tables.paired_table(m, tmp_path)
     assert text.startswith("*Not generated:") and "re-run 05" in text
+
+
+def test_p_values_below_a_thousandth_are_not_printed_as_zero():
+    assert readme_tables.p_value(0.0005) == "< 0.001" and readme_tables.p_value(0.0213) == "0.021"
+    assert readme_tables.p_value(float("nan")) == "n/a"
