@@ -97,10 +97,10 @@ def paired(counts: pd.DataFrame, a: str, b: str, metric: str = "mean_dice", n_bo
     if not pa.index.equals(pb.index) or not pa["gt"].equals(pb["gt"]):
         raise PairedError(f"{a!r} and {b!r} were not scored on the same slices and ground truth: no paired comparison")
     if metric == "mean_dice":
-        d = slice_dice(pa) - slice_dice(pb)
+        values_a, values_b = slice_dice(pa), slice_dice(pb)
+        d = values_a - values_b
         patients = d.index.get_level_values("patient")
         per_patient = d.groupby(level="patient").mean()
-        values_a, values_b = slice_dice(pa), slice_dice(pb)
     else:
         da, db = patient_dice(pa), patient_dice(pb)
         both = da.index.intersection(db.index)
