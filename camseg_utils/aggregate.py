@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .formatting import markdown_table, num, pm
 from .io import UnreadableFileError, atomic_path, read_json, write_json
 
 GUIDED_RADIUS = re.compile(r"^(?P<name>.+ \+ guided) r=\d+$")
@@ -208,18 +209,8 @@ def aggregate(per_seed: dict[int, dict[str, dict]]) -> dict:
 # ----------------------------------------------------------------------------- report
 
 
-def _f(v) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
-
-
 def _pm(n: dict, seeds: list[int]) -> str:
-    text = _f(n["mean"]) + ("" if n["sd"] is None else f" ± {_f(n['sd'])}")
-    return text + (f" (n = {n['n']})" if n["n"] < len(seeds) else "")
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+    return pm(n["mean"], n["sd"]) + (f" (n = {n['n']})" if n["n"] < len(seeds) else "")
 
 
 SECTIONS = {"classifiers": "Classifiers (02, test split)",
@@ -252,7 +243,7 @@ def markdown(agg: dict, title: str = "", source: str = "", unit: str = "seed") -
             row = [_cell(what.get(c)) for c in cols]
             for name in names:
                 n = cells.get(name)
-                row += [_pm(n, seeds), " / ".join(_f(n["values"].get(str(s))) for s in seeds)] if n else ["", ""]
+                row += [_pm(n, seeds), " / ".join(num(n["values"].get(str(s))) for s in seeds)] if n else ["", ""]
             body.append(row)
         header = cols + [h for name in names for h in (f"{name}, mean ± sd", f"per {unit}")]
         title_ = SECTIONS.get(section, section).replace("per seed", f"per {unit}").replace("each seed", f"each {unit}")

@@ -33,8 +33,8 @@ import pandas as pd
 from . import aggregate as agg_
 from . import paired
 from .classification import classification_metrics
+from .formatting import interval, markdown_table, num, p_value
 from .io import UnreadableFileError, atomic_path, read_json, write_json
-from .readme_tables import p_value
 
 ROLES = ("CAM setting chosen on validation", "best CAM setting without refinement", "random heatmap", "U-Net")
 
@@ -163,15 +163,16 @@ def crossval(folders: dict[int, Path], n_boot: int = 1000, seed: int = 0) -> dic
 
 
 def _f(v) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and v != v) else f"{v:.3f}" if isinstance(v, float) else str(v)
+    """A float to three decimals ('n/a' when missing); counts and names as they are."""
+    return num(v) if v is None or isinstance(v, float) else str(v)
 
 
 def _ci(v, ci) -> str:
-    return f"{_f(v)} [{_f(ci[0])}, {_f(ci[1])}]"
+    return _f(v) + interval(ci)
 
 
 def markdown(cv: dict, title: str = "", source: str = "") -> str:
-    t = agg_.markdown_table
+    t = markdown_table
     parts = [f"# camseg cross-validated: {title}\n",
              f"Folds {', '.join(map(str, cv['folds']))}; each patient is tested once, by the fold that held it out. "
              f"Pooled numbers score every fold's test patients as one set (95 % CIs: {cv['n_boot']} patient-bootstrap "

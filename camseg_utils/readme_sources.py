@@ -55,13 +55,14 @@ def provenance(metrics: dict) -> str:
     return f"commit {str(commit)[:12]}" + (", uncommitted changes" if dirty else "")
 
 
-def data_line(metrics: dict[str, dict]) -> str:
-    """What the run was on, from notebook 01's metrics: dataset, patients, slices, size, test split."""
+def data_line(metrics: dict[str, dict], test_split: bool = True) -> str:
+    """What the run was on, from notebook 01's metrics: dataset, patients, slices, size and (``test_split``) the
+    test split; a cross-validated run leaves the last out, each fold testing other patients."""
     d = metrics.get("01_data")
     if not d:
         return ""
     test = next((r for rows in (d.get("tables") or {}).values() for r in rows if r.get("split") == "test"), None)
     text = f"{d.get('dataset')}: {d.get('patients')} patients, {d.get('slices')} slices at {d.get('image_size')} px"
-    if test:
+    if test and test_split:
         text += f"; test split {test['patients']} patients, {test['slices']} slices ({test['tumour']} with tumour)"
     return text + ". "

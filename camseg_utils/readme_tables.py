@@ -8,25 +8,30 @@ Tables come from the run's ``metrics/*.json`` only (02: classifiers, 05: Dice of
 setting, the best heatmap alone, the U-Net and the random heatmap, 06: filtered re-training, 07:
 the U-Net trained on pseudo-masks beside its CAM masks, the supervised U-Net and the control), and
 each one names the run folder and, where the metrics record it, the commit that produced them
-(reading them: :mod:`camseg_utils.readme_sources`).
+(reading them: :mod:`camseg_utils.readme_sources`). A multi-seed run folder (``--seeds``) gives the
+``seeds`` table and a cross-validated one (``--folds``) the ``folds`` table (:mod:`camseg_utils.readme_multi`):
+``tables RUN_DIR --kinds seeds``.
 In the README a generated block sits between ``<!-- table:NAME:KIND -->`` and ``<!-- /table -->``
-(KIND: classifier, dice, retrain or pseudo); ``update`` replaces the text between the markers of every
-NAME given, so the tables are regenerated rather than edited by hand.
+(KIND: classifier, dice, paired, retrain, pseudo, seeds or folds); ``update`` replaces the text between the
+markers of every NAME given, so the tables are regenerated rather than edited by hand.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from .aggregate import numbered_folders
+from .formatting import interval, markdown_table, num, p_value, pm
+from .readme_multi import MULTI
 from .readme_sources import ReadmeError, data_line, load_metrics, provenance, stage_metrics
 
-KINDS = ("classifier", "dice", "paired", "retrain", "pseudo")
+KINDS = ("classifier", "dice", "paired", "retrain", "pseudo")  # of one run folder
+ALL_KINDS = KINDS + tuple(MULTI)  # and of a multi-seed or cross-validated one (:mod:`.readme_multi`)
 MARKER = re.compile(r"(<!-- table:(?P<name>[\w-]+):(?P<kind>[\w-]+) -->)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
@@ -38,33 +43,10 @@ def source_line(run_dir: Path, metrics: dict[str, dict], stage: str) -> str:
     return f"{data_line(metrics)}*From `{run_dir}/metrics/{stage}.json`, {provenance(metrics[stage])}.*"
 
 
-def _num(v, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return f"{float(v):.{digits}f}"
-
-
-def _ci(v) -> str:
-    if not isinstance(v, (list, tuple)) or len(v) != 2:
-        return ""
-    return f" [{_num(v[0])}, {_num(v[1])}]"
-
-
-def p_value(v) -> str:
-    """A p-value to three decimals, or '< 0.001' (with 12 patients all on one side, Wilcoxon gives 0.0005)."""
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else "< 0.001" if v < 0.001 else f"{v:.3f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def _setting(row: dict) -> str:
     """A chosen CAM setting in words: rule and value, scale, refinement radius, gates, clean-up."""
     rule, value = row.get("rule"), row.get("value")
-    rule_words = {"threshold": f"threshold {_num(value, 2)}", "otsu": "Otsu", "top_k": f"top {float(value or 0):g} %"}
+    rule_words = {"threshold": f"threshold {num(value, 2)}", "otsu": "Otsu", "top_k": f"top {float(value or 0):g} %"}
     said = [(rule_words.get(rule, str(rule)), True), ("global scale", row.get("normalisation") == "global"),
             (f"r = {int(row.get('guided_radius') or 0)}", row.get("guided_radius")), ("head gate", row.get("head_gate")),
             (f"classifier gate {float(row.get('prob_gate') or 0):g}", row.get("prob_gate")), ("clean-up", row.get("cleanup"))]
@@ -79,18 +61,18 @@ def classifier_table(m: dict, run_dir: Path) -> str:
     rows = next((r for t, r in (m.get("tables") or {}).items() if t.startswith("Classifiers")), None)
     if not rows:
         raise ReadmeError(f"{run_dir / 'metrics/02_train.json'} has no 'Classifiers ...' table")
-    body = [[r["arch"], str(r.get("best_epoch", "")), _num(r.get("val_auc")), _num(r["test_accuracy"]),
-             _num(r["test_sensitivity"]), _num(r["test_specificity"]), _num(r["test_auc"]),
-             _num(r.get("train_seconds"), 0)] for r in rows]
+    body = [[r["arch"], str(r.get("best_epoch", "")), num(r.get("val_auc")), num(r["test_accuracy"]),
+             num(r["test_sensitivity"]), num(r["test_specificity"]), num(r["test_auc"]),
+             num(r.get("train_seconds"), 0)] for r in rows]
     header = ["classifier", "best epoch", "val ROC AUC", "test accuracy", "sensitivity", "specificity",
               "test ROC AUC", "training s"]
-    return _table(header, body) + "\n"
+    return markdown_table(header, body) + "\n"
 
 
 def _dice_row(name: str, what: str, r: dict, chosen: str) -> list[str]:
     """One row of a Dice table (05's and 07's): validation and test mean-Dice, patient Dice, FP area, the knobs."""
-    return [name, what, _num(r.get("val_mean_dice")), _num(r["mean_dice"]) + _ci(r.get("mean_dice_ci")),
-            _num(r["patient_dice"]) + _ci(r.get("patient_dice_ci")), _num(r.get("fp_area")), chosen]
+    return [name, what, num(r.get("val_mean_dice")), num(r["mean_dice"]) + interval(r.get("mean_dice_ci")),
+            num(r["patient_dice"]) + interval(r.get("patient_dice_ci")), num(r.get("fp_area")), chosen]
 
 
 def _volume_cleanup(fraction) -> str:
@@ -121,7 +103,7 @@ def dice_table(m: dict, run_dir: Path) -> str:
         body.append(row("random heatmap (baseline)", m["random_baseline"]))
     header = ["masks", "model, method @ layer", "val mean-Dice", "test mean-Dice [95 % CI]",
               "patient Dice [95 % CI]", "FP area", "chosen on validation"]
-    return _table(header, body) + "\n" + f"Knobs chosen by {m.get('select_by', 'mean_dice')} on the validation split. "
+    return markdown_table(header, body) + "\n" + f"Knobs chosen by {m.get('select_by', 'mean_dice')} on the validation split. "
 
 
 def paired_table(m: dict, run_dir: Path) -> str:
@@ -139,12 +121,12 @@ def paired_table(m: dict, run_dir: Path) -> str:
         cells = []
         for metric in ("mean_dice", "patient_dice"):
             r = mets.get(metric)
-            cells += [f"{_num(r['difference'])}{_ci(r['ci'])}", f"{r['a_better']} / {r['b_better']}", p_value(r["p"])] \
+            cells += [f"{num(r['difference'])}{interval(r['ci'])}", f"{r['a_better']} / {r['b_better']}", p_value(r["p"])] \
                 if r else ["", "", ""]
         body.append([what, f"{short(a)} - {short(b)}"] + cells)
     header = ["comparison", "a - b", "mean-Dice a - b [95 % CI]", "patients a / b better", "p",
               "patient Dice a - b [95 % CI]", "patients a / b better", "p"]
-    return _table(header, body) + "\nDifferences per test patient, CIs by patient bootstrap, p: Wilcoxon signed-rank. "
+    return markdown_table(header, body) + "\nDifferences per test patient, CIs by patient bootstrap, p: Wilcoxon signed-rank. "
 
 
 def retrain_table(m: dict, run_dir: Path) -> str:
@@ -159,9 +141,9 @@ def retrain_table(m: dict, run_dir: Path) -> str:
     shown = sorted((r for r in rows if r["filter"] not in ("keep", "remove") or float(r["k"]) == k0),
                    key=lambda r: (r["heatmap"] == "random", order.get(r["filter"], 5), str(r.get("imputation"))))
     body = [[r["heatmap"] + (" (control)" if r["heatmap"] == "random" else ""), _condition(r), _pm(r, "auc"),
-             _pm(r, "shape_auc"), _pm(r, "image_minus_shape"), _num(r.get("original_auc"))] for r in shown]
+             _pm(r, "shape_auc"), _pm(r, "image_minus_shape"), num(r.get("original_auc"))] for r in shown]
     header = ["heatmap", "filter", "re-trained on the images", "on the mask alone", "images - mask", "original classifier"]
-    lines = [_table(header, body), f"Test ROC AUC, mean ± sd over {rows[0].get('seeds') or 'the'} seeds of re-training"
+    lines = [markdown_table(header, body), f"Test ROC AUC, mean ± sd over {rows[0].get('seeds') or 'the'} seeds of re-training"
              + (f"; hard filters at k = {k0:g} % shown (every k: `report.md` of the run)." if k0 is not None else ".")]
     verdicts = m.get("verdicts")
     if isinstance(verdicts, list):
@@ -171,8 +153,7 @@ def retrain_table(m: dict, run_dir: Path) -> str:
 
 
 def _pm(r: dict, col: str) -> str:
-    sd = r.get(col + "_sd")
-    return _num(r.get(col)) + ("" if sd is None or (isinstance(sd, float) and math.isnan(sd)) else f" ± {_num(sd)}")
+    return pm(r.get(col), r.get(col + "_sd"))
 
 
 def _condition(r: dict) -> str:
@@ -203,7 +184,7 @@ def pseudo_table(m: dict, run_dir: Path) -> str:
     body = [_dice_row(*entry) for entry in entries]
     header = ["masks", "trained on / from", "val mean-Dice", "test mean-Dice [95 % CI]", "patient Dice [95 % CI]",
               "FP area", "chosen on validation"]
-    return (_table(header, body) + "\n" + f"No drawn mask of the training split was read; knobs chosen by "
+    return (markdown_table(header, body) + "\n" + f"No drawn mask of the training split was read; knobs chosen by "
             f"{m.get('select_by', 'mean_dice')} on the validation split.\n")
 
 
@@ -220,13 +201,28 @@ def table(kind: str, metrics: dict[str, dict], run_dir: Path) -> str:
 
 
 def tables(run_dir: str | Path, kinds=KINDS) -> dict[str, str]:
-    """``{kind: Markdown}`` for every kind asked for."""
+    """``{kind: Markdown}`` for every kind asked for (a multi-run kind reads the seed or fold folders)."""
     run_dir = Path(run_dir)
-    metrics = load_metrics(run_dir)
     for kind in kinds:
-        if kind not in TABLES:
-            raise ReadmeError(f"unknown table kind {kind!r}; known: {', '.join(KINDS)}")
-    return {kind: table(kind, metrics, run_dir) for kind in kinds}
+        if kind not in ALL_KINDS:
+            raise ReadmeError(f"unknown table kind {kind!r}; known: {', '.join(ALL_KINDS)}")
+    metrics = load_metrics(run_dir) if set(kinds) & set(KINDS) else {}
+    return {kind: MULTI[kind][1](run_dir) if kind in MULTI else table(kind, metrics, run_dir) for kind in kinds}
+
+
+def _block(name: str, kind: str, run_dir: Path, cache: dict) -> str:
+    """The body of one README block; a run that has not got that far says so instead of leaving a stale table."""
+    if kind in MULTI:
+        prefix, body = MULTI[kind]
+        if not numbered_folders(run_dir, prefix):
+            return f"*Not generated: `{run_dir}` holds no {prefix}-<N> folders.*\n"
+        return body(run_dir)
+    if name not in cache:
+        cache[name] = load_metrics(run_dir)
+    stage = TABLES[kind][0]
+    if stage not in cache[name]:
+        return f"*Not generated: `{run_dir / 'metrics' / (stage + '.json')}` is missing.*\n"
+    return table(kind, cache[name], run_dir)
 
 
 def update_readme(readme: str | Path, runs: dict[str, str | Path]) -> list[str]:
@@ -241,15 +237,10 @@ def update_readme(readme: str | Path, runs: dict[str, str | Path]) -> list[str]:
         name, kind = match["name"], match["kind"]
         if name not in runs:
             return match[0]
-        if kind not in TABLES:
-            raise ReadmeError(f"{readme}: block table:{name}:{kind} names an unknown kind; known: {', '.join(KINDS)}")
-        if name not in cache:
-            cache[name] = load_metrics(runs[name])
+        if kind not in ALL_KINDS:
+            raise ReadmeError(f"{readme}: block table:{name}:{kind} names an unknown kind; known: {', '.join(ALL_KINDS)}")
         filled.append(f"{name}:{kind}")
-        stage = TABLES[kind][0]
-        if stage not in cache[name]:  # a run that stopped earlier: said, not left stale or silently empty
-            return f"{match[1]}\n*Not generated: `{Path(runs[name]) / 'metrics' / (stage + '.json')}` is missing.*\n{match[5]}"
-        return f"{match[1]}\n{table(kind, cache[name], Path(runs[name]))}{match[5]}"
+        return f"{match[1]}\n{_block(name, kind, Path(runs[name]), cache)}{match[5]}"
 
     new = MARKER.sub(fill, text)
     missing = sorted(set(runs) - {f.split(':')[0] for f in filled})
@@ -315,7 +306,7 @@ def example_figure(run_dir: str | Path, path: str | Path | None = None, index: i
     plots.outline(axes[2], truth, "white")
     for ax, mask, name in ((axes[3], cam_mask, "CAM mask"), (axes[4], unet_mask, "U-Net mask")):
         plots.show_image(ax, np.clip(0.25 * grey[..., None] + 0.75 * mask[..., None] * np.array([1.0, 0.85, 0.2]), 0, 1),
-                         f"{name}, Dice {_num(metrics.dice(mask, truth), 2)}")
+                         f"{name}, Dice {num(metrics.dice(mask, truth), 2)}")
         plots.outline(ax, truth, "lime")
     fig.suptitle(f"{run_dir.name}: test slice {row['patient']} #{row['slice']} (green: ground truth)", fontsize=9)
     fig.tight_layout()
@@ -331,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("tables", help="print the Markdown tables of a run folder")
     t.add_argument("run_dir")
-    t.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    t.add_argument("--kinds", nargs="+", default=list(KINDS), choices=ALL_KINDS)
     u = sub.add_parser("update", help="rewrite the marked table blocks of a README")
     u.add_argument("readme")
     u.add_argument("runs", nargs="+", metavar="NAME=RUN_DIR")

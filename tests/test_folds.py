@@ -9,7 +9,7 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from camseg_utils import crossval, data, evaluate, paired, pipeline, workers
+from camseg_utils import crossval, data, evaluate, paired, pipeline, readme_multi, readme_tables, workers
 from camseg_utils.params import default_notebook_dir, load_preset
 
 THREADS = max(1, workers.cores() // 2)
@@ -159,3 +159,25 @@ def test_evaluate_applies_one_fold_and_reproduces_its_test_numbers(cv, tmp_path,
     r = json.loads((out / "metrics.json").read_text())
     best = json.loads((cv / "fold-1" / "metrics" / "05_dice.json").read_text())["best_cam"]
     assert r["cam"]["mean_dice"] == pytest.approx(best["mean_dice"], rel=1e-12)
+
+
+def test_readme_folds_table_pools_the_folds_beside_their_mean_and_sd(cv, tmp_path):
+    md = readme_multi.folds_table(cv)
+    preds = pd.concat([pd.read_csv(cv / f"fold-{f}" / "models" / "small_cnn" / "predictions.csv") for f in (0, 1)])
+    test = preds[preds.split == "test"]
+    fold_auc = [json.loads((cv / f"fold-{f}" / "metrics" / "02_train.json").read_text())["tables"]
+                ["Classifiers (test split)"][0]["test_auc"] for f in (0, 1)]
+    pooled = roc_auc_score(test.tumour.astype(bool), test.prob)
+    assert (f"| small_cnn: test ROC AUC | 16 (2 of 2) | {pooled:.3f} | "
+            f"{statistics.mean(fold_auc):.3f} ± {statistics.stdev(fold_auc):.3f} |") in md
+    dice = [json.loads((cv / f"fold-{f}" / "metrics" / "05_dice.json").read_text()) for f in (0, 1)]
+    unet = [d["unet"]["mean_dice"] for d in dice]
+    row = next(line for line in md.splitlines() if line.startswith("| U-Net, supervised (reference): mean-Dice |"))
+    assert row.endswith(f"| {statistics.mean(unet):.3f} ± {statistics.stdev(unet):.3f} |")
+    assert "| U-Net vs CAM | patient_dice | 16 |" in md and "CAM setting chosen on each fold's validation split: fold 0:" in md
+    assert "test split" not in md.split("Each patient tested once")[1]  # no one fold's test split as the data line
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- table:cv:folds -->\nSTALE\n<!-- /table -->\n<!-- table:cv2:folds -->\n<!-- /table -->\n")
+    assert readme_tables.update_readme(readme, {"cv": cv, "cv2": tmp_path}) == ["cv:folds", "cv2:folds"]
+    text = readme.read_text()
+    assert md in text and "STALE" not in text and f"*Not generated: `{tmp_path}` holds no fold-<N> folders.*" in text

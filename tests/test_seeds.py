@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from camseg_utils import cli, pipeline, records, seeds, workers
+from camseg_utils import cli, pipeline, readme_multi, readme_tables, records, seeds, workers
 from camseg_utils.io import file_sha256, write_json
 
 THREADS = max(1, workers.cores() // 2)  # what --jobs 2 gives each seed: the one-by-one run uses the same
@@ -217,3 +217,17 @@ def test_share_stage_links_files_and_record_and_repairs_a_changed_copy(tmp_path)
     write_json(src / "stages" / "01_data.json", {"stage": "01_data", "key": "k", "status": "running"})
     with pytest.raises(pipeline.PipelineError, match="no finished 01_data"):
         records.share_stage(src, dst, "01_data")
+
+
+def test_readme_seeds_table_gives_each_seed_and_how_far_they_spread(seq, tmp_path):
+    md = readme_multi.seeds_table(seq)
+    rows = [json.loads((seq / f"seed-{s}" / "metrics" / "02_train.json").read_text())["tables"]["Classifiers (test split)"][0]
+            for s in (0, 1)]
+    auc = [r["test_auc"] for r in rows]
+    assert (f"| small_cnn: test ROC AUC | {statistics.mean(auc):.3f} ± {statistics.stdev(auc):.3f} | "
+            f"{auc[0]:.3f} / {auc[1]:.3f} | {max(auc) - min(auc):.3f} |") in md
+    assert "| number (test split) | mean ± sd over seeds | seed 0 / 1 | max - min |" in md
+    assert f"*From `{seq}/seed-*/metrics/`" in md and "commit" in md
+    assert readme_tables.tables(seq, ["seeds"]) == {"seeds": md}
+    with pytest.raises(readme_tables.ReadmeError, match="no seed-<N> folders"):
+        readme_multi.seeds_table(tmp_path)
