@@ -27,6 +27,25 @@ def clean(mask: np.ndarray) -> np.ndarray:
     return clean_all(np.asarray(mask, bool)[None])[0]
 
 
+def _open_cross(masks: np.ndarray) -> np.ndarray:
+    """Binary opening of every slice by the 3 x 3 cross, pixels outside the image counting as background
+    (``ndimage.binary_opening(masks, _SLICE_CROSS)`` exactly): erosion and dilation as ANDs and ORs of the
+    stack shifted by one pixel, a few passes over the bytes instead of a structuring-element scan."""
+    eroded = masks.copy()
+    eroded[:, 1:] &= masks[:, :-1]
+    eroded[:, :-1] &= masks[:, 1:]
+    eroded[:, :, 1:] &= masks[:, :, :-1]
+    eroded[:, :, :-1] &= masks[:, :, 1:]
+    eroded[:, 0] = eroded[:, -1] = False  # a border pixel has a neighbour outside the image
+    eroded[:, :, 0] = eroded[:, :, -1] = False
+    opened = eroded.copy()
+    opened[:, 1:] |= eroded[:, :-1]
+    opened[:, :-1] |= eroded[:, 1:]
+    opened[:, :, 1:] |= eroded[:, :, :-1]
+    opened[:, :, :-1] |= eroded[:, :, 1:]
+    return opened
+
+
 def clean_all(masks: np.ndarray) -> np.ndarray:
     """:func:`clean` of every slice of N x H x W masks, for the whole stack at once.
 
@@ -36,13 +55,17 @@ def clean_all(masks: np.ndarray) -> np.ndarray:
     masks = np.asarray(masks, bool)
     if not len(masks):
         return masks
-    opened = ndimage.binary_opening(masks, _SLICE_CROSS)
+    if masks.ndim != 3:
+        raise SegmentError(f"masks must be N x H x W, got shape {masks.shape}")
+    opened = _open_cross(masks)
     lab, n = ndimage.label(opened, _SLICE_CROSS)
     if n == 0:
         return opened
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)
-    owner = np.zeros(n + 1, np.int64)  # the slice each component lies in (its bounding box's first)
-    owner[1:] = [box[0].start for box in ndimage.find_objects(lab)]
+    flat = lab.ravel()
+    sizes = np.bincount(flat, minlength=n + 1)
+    owner = np.zeros(n + 1, np.int64)  # the slice each component lies in (it never spans two)
+    on = np.flatnonzero(flat)
+    owner[flat[on]] = on // (masks.shape[1] * masks.shape[2])
     labels = np.arange(1, n + 1)
     order = np.lexsort((-sizes[1:], owner[1:]))  # by slice, largest first (ties: the lowest label, as argmax)
     first = np.ones(n, bool)

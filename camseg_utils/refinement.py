@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .cams import check_pair, minmax
 from .device import as_device
@@ -27,13 +26,21 @@ GUIDED_EPS = 1e-3  # guide in [0, 1]: edges of contrast well above sqrt(1e-3) ~ 
 def _box1d(x, r: int, dim: int):
     """Mean over the 2r + 1 pixels around each one along ``dim`` (1 or 2) of N x H x W, clipped at the
     border: differences of a cumulative sum, so O(1) per pixel whatever r (float32 sums over one row
-    or column are exact to ~1e-6 for values in [0, 1])."""
+    or column are exact to ~1e-6 for values in [0, 1]).
+
+    With c the cumulative sum and c[-1] = 0, pixel i's window sum is c[min(i + r, n - 1)] - c[i - r - 1]
+    (the second term only where i > r): two shifted copies of c, taken as slices."""
     n = x.shape[dim]
-    c = F.pad(x.cumsum(dim), (1, 0) if dim == 2 else (0, 0, 1, 0))
+    c = x.cumsum(dim).movedim(dim, 0)  # the summed axis first, so that slices along it are whole blocks
+    s = torch.empty_like(c)
+    m = max(n - r, 0)  # pixels whose window ends inside the image
+    s[:m] = c[r:]
+    s[m:] = c[n - 1]
+    if r + 1 < n:
+        s[r + 1:] -= c[:n - r - 1]
     i = torch.arange(n, device=x.device)
-    hi, lo = (i + r + 1).clamp(max=n), (i - r).clamp(min=0)
-    count = (hi - lo).to(x.dtype)
-    return (c.index_select(dim, hi) - c.index_select(dim, lo)) / (count[:, None] if dim == 1 else count)
+    count = ((i + r + 1).clamp(max=n) - (i - r).clamp(min=0)).to(x.dtype)
+    return (s / count.view(n, *([1] * (c.dim() - 1)))).movedim(0, dim)
 
 
 def _box(x, r: int):

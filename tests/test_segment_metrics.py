@@ -393,3 +393,31 @@ def test_volume_cleanup_bad_input():
         keep_volume_components(m, [0, 0], [1, 2], 1.5)
     with pytest.raises(SegmentError, match="one volume id and slice number per slice"):
         keep_volume_components(m, [0], [1, 2], 1.0)
+
+
+@pytest.mark.parametrize("shape", [(30, 17, 23), (3, 1, 5), (2, 2, 2), (4, 6, 1)])
+def test_opening_by_shifts_equals_scipy(shape):
+    from scipy import ndimage
+
+    from camseg_utils.morphology import _SLICE_CROSS, _open_cross
+
+    rng = np.random.default_rng(sum(shape))
+    for density in (0.3, 0.6, 0.9, 1.0):
+        masks = rng.random(shape) < density
+        assert np.array_equal(_open_cross(masks), ndimage.binary_opening(masks, _SLICE_CROSS)), density
+
+
+def test_box_mean_by_shifted_sums_equals_an_explicit_window_mean():
+    import torch
+
+    from camseg_utils.refinement import _box1d
+
+    torch.manual_seed(0)
+    for shape in [(3, 7, 9), (2, 1, 4), (2, 5, 30)]:
+        x = torch.rand(shape, dtype=torch.float64)
+        for r in (1, 2, 4, 16, 40):  # also windows wider than the image
+            for dim in (1, 2):
+                n = x.shape[dim]
+                want = torch.stack([x.narrow(dim, max(i - r, 0), min(i + r + 1, n) - max(i - r, 0)).mean(dim)
+                                    for i in range(n)], dim)
+                assert torch.allclose(_box1d(x, r, dim), want, atol=1e-12), (shape, r, dim)
