@@ -209,7 +209,8 @@ def aggregate(per_seed: dict[int, dict[str, dict]]) -> dict:
 # ----------------------------------------------------------------------------- report
 
 
-def _pm(n: dict, seeds: list[int]) -> str:
+def number_pm(n: dict, seeds: list[int]) -> str:
+    """One aggregated number as 'mean ± sd', with '(n = k)' when fewer than all ``seeds`` (or folds) have it."""
     return pm(n["mean"], n["sd"]) + (f" (n = {n['n']})" if n["n"] < len(seeds) else "")
 
 
@@ -243,7 +244,7 @@ def markdown(agg: dict, title: str = "", source: str = "", unit: str = "seed") -
             row = [_cell(what.get(c)) for c in cols]
             for name in names:
                 n = cells.get(name)
-                row += [_pm(n, seeds), " / ".join(num(n["values"].get(str(s))) for s in seeds)] if n else ["", ""]
+                row += [number_pm(n, seeds), " / ".join(num(n["values"].get(str(s))) for s in seeds)] if n else ["", ""]
             body.append(row)
         header = cols + [h for name in names for h in (f"{name}, mean ± sd", f"per {unit}")]
         title_ = SECTIONS.get(section, section).replace("per seed", f"per {unit}").replace("each seed", f"each {unit}")

@@ -148,7 +148,10 @@ def per_fold(folders: dict[int, Path]) -> list[dict]:
     return rows
 
 
-def crossval(folders: dict[int, Path], n_boot: int = 1000, seed: int = 0) -> dict:
+def crossval(folders: dict[int, Path], n_boot: int = 1000, seed: int = 0,
+             metrics: dict[int, dict[str, dict]] | None = None) -> dict:
+    """Pooled numbers, per-fold rows and the aggregate over folds; ``metrics``: each fold's
+    :func:`.aggregate.load_seed_metrics`, when the caller has read them already."""
     counts, pairs, used = pooled_counts(folders)
     segmentation = [dict(paired.scores(counts, role, n_boot, seed), folds=int(counts[counts.setting == role].fold.nunique()))
                     for role in ROLES if (counts.setting == role).any()]
@@ -159,7 +162,8 @@ def crossval(folders: dict[int, Path], n_boot: int = 1000, seed: int = 0) -> dic
     return {"folds": list(folders), "folds_with_dice": used, "n_boot": n_boot, "seed": seed,
             "classifiers": pooled_classifiers(folders), "segmentation": segmentation,
             "paired": comparisons.to_dict(orient="records"), "per_fold": per_fold(folders),
-            "over_folds": agg_.aggregate({f: agg_.load_seed_metrics(p) for f, p in folders.items()})}
+            "over_folds": agg_.aggregate(metrics if metrics is not None else
+                                          {f: agg_.load_seed_metrics(p) for f, p in folders.items()})}
 
 
 def _f(v) -> str:

@@ -38,9 +38,9 @@ def _commits(per_run: dict[int, dict[str, dict]], unit: str) -> str:
     found: dict[str, list[int]] = {}
     for n, metrics in per_run.items():
         for m in metrics.values():
-            found.setdefault(provenance(m), [])
-            if n not in found[provenance(m)]:
-                found[provenance(m)].append(n)
+            runs = found.setdefault(provenance(m), [])
+            if n not in runs:
+                runs.append(n)
     if len(found) == 1:
         return next(iter(found))
     return "; ".join(f"{c} ({unit}s {', '.join(map(str, ns))})" for c, ns in found.items())
@@ -67,7 +67,7 @@ def seeds_table(run_dir: str | Path) -> str:
     body = []
     for n in numbers:
         got = [v for v in n["values"].values() if v is not None]
-        body.append([_label(n), pm(n["mean"], n["sd"]) + (f" (n = {n['n']})" if n["n"] < len(seeds) else ""),
+        body.append([_label(n), agg_.number_pm(n, seeds),
                      " / ".join(num(n["values"][str(s)]) for s in seeds), num(max(got) - min(got))])
     lines = [markdown_table(["number (test split)", "mean ± sd over seeds", f"seed {' / '.join(map(str, seeds))}",
                              "max - min"], body)]
@@ -94,7 +94,8 @@ def folds_table(run_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> str:
     """Pooled over every fold's test patients, beside mean ± sd over folds; paired comparisons pooled."""
     run_dir = Path(run_dir)
     folders = _folders(run_dir, "fold")
-    cv = cv_.crossval(folders, n_boot, seed)
+    per_fold = {f: agg_.load_seed_metrics(p) for f, p in folders.items()}
+    cv = cv_.crossval(folders, n_boot, seed, per_fold)
     if not cv["segmentation"] and not cv["classifiers"]:
         raise ReadmeError(f"{run_dir}: no fold folder has 02 or 05 results yet")
     over, k = cv["over_folds"], len(cv["folds"])
@@ -115,7 +116,6 @@ def folds_table(run_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> str:
     chosen = [f"fold {r['fold']}: {r['chosen CAM setting']}" for r in cv["per_fold"] if r.get("chosen CAM setting")]
     if chosen:
         lines.append("CAM setting chosen on each fold's validation split: " + "; ".join(chosen) + ".")
-    per_fold = {f: agg_.load_seed_metrics(p) for f, p in folders.items()}
     lines.append(f"Each patient tested once, by the fold that held it out; CIs: {n_boot} patient-bootstrap resamples "
                  f"of the pooled patients; p: Wilcoxon signed-rank. {data_line(per_fold[cv['folds'][0]], test_split=False)}"
                  f"*From `{run_dir}/fold-*/` (per fold: `python -m camseg_utils.crossval {run_dir}`), "
