@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 
 def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -19,6 +18,8 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
     y = np.asarray(y).astype(bool)
     if y.all() or not y.any():
         return float("nan")
+    from sklearn.metrics import roc_auc_score  # imported when needed: it takes a second or two
+
     return float(roc_auc_score(y, p))
 
 

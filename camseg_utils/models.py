@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
+
+if TYPE_CHECKING:  # imported where a backbone is built: it takes seconds, and the small CNN needs none of it
+    import torchvision
 
 
 class ModelError(ValueError):
@@ -126,6 +128,8 @@ class ModelSpec:
 
 def _tv(name: str, wrap: Callable[[nn.Module, int], nn.Module]) -> Callable:
     def build(weights: torchvision.models.WeightsEnum | None, num_classes: int = 2) -> nn.Module:
+        import torchvision
+
         base = getattr(torchvision.models, name)(weights=None)
         if weights is not None:
             base.load_state_dict(weights)
@@ -204,6 +208,8 @@ def imagenet_weights_path(arch: str) -> Path:
     spec = get_spec(arch)
     if spec.torchvision_name is None:
         raise ModelError(f"{arch} has no ImageNet weights; use pretrained=False")
+    import torchvision
+
     weights = torchvision.models.get_model_weights(spec.torchvision_name).DEFAULT
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
