@@ -178,7 +178,8 @@ def run_experiment(
     'none' rows are the unfiltered references (re-trained at ``size``, and the original classifier).
     ``jobs``: re-trainings side by side in worker processes of ``threads`` torch threads each (see
     :func:`parallel_jobs`; 0: automatic, 1: one by one in this process at its own thread count); the rows
-    depend on the threads each re-training had, not on how many ran side by side.
+    depend on the threads each re-training had, not on how many ran side by side. Workers are spawned: a
+    script that calls this with more than one job needs the usual ``if __name__ == "__main__":`` guard.
     """
 
     if RANDOM not in heatmaps:
