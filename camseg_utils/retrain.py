@@ -96,7 +96,7 @@ def retrain_and_score(images: Mapping[str, np.ndarray], manifests: Mapping[str, 
 
 
 class _Trainings:
-    """Runs :func:`retrain_and_score` for every submitted re-training and keeps the results in submission order.
+    """Runs :func:`retrain_and_score` for every submitted re-training and keeps the rows in submission order.
 
     ``jobs`` 1: in this process, one after another, at this process's thread count. More: in ``jobs`` spawned
     worker processes of ``threads`` torch threads each. A small CNN's convolutions on a few dozen pixels use
@@ -107,7 +107,7 @@ class _Trainings:
 
     def __init__(self, jobs: int, threads: int, log: Callable[[str], None] | None) -> None:
         self.jobs, self.threads, self.log = jobs, threads, log
-        self.pending: list = []  # (row, future or result, condition's last seed: its log line)
+        self.pending: list = []  # (row, future or finished metrics, seeds of its condition if it is the last one)
         self.rows: list[dict] = []
         self.pool = None
 
@@ -122,23 +122,33 @@ class _Trainings:
         return self
 
     def __exit__(self, exc_type, *_) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
+        if self.pool is None:
+            return
+        if exc_type is not None:  # an error or an interrupt: stop the running re-trainings too, not only the queued
+            # (the executor lists its processes only privately; a resumed run re-trains what they left)
+            for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
+                proc.terminate()
+        self.pool.shutdown(wait=True, cancel_futures=exc_type is not None)
 
-    def submit(self, row: dict, args: tuple, last: bool) -> None:
+    def add(self, row: dict) -> None:
+        """A finished row (no re-training), kept in its place among the others."""
+        self.pending.append((row, {}, 0))
+
+    def submit(self, row: dict, args: tuple, condition_seeds: int = 0) -> None:
+        """One re-training; ``condition_seeds``: on the last seed of a condition, how many it has (its log line)."""
         result = self.pool.submit(retrain_and_score, *args) if self.pool else retrain_and_score(*args)
-        self.pending.append((row, result, last))
-        # at most two waiting per worker: each holds a copy of its filtered images
+        self.pending.append((row, result, condition_seeds))
+        # at most two re-trainings per worker in flight (running or queued, each with its filtered images)
         while len(self.pending) > (2 * self.jobs if self.pool else 0):
             self._collect()
 
     def _collect(self) -> None:
-        row, result, last = self.pending.pop(0)
-        self.rows.append({**row, **(result.result() if self.pool else result)})
-        if last and self.log:
-            same = [r["auc"] for r in self.rows if all(r[c] == row[c] for c in ("heatmap", "input", "filter", "k", "imputation"))]
+        row, result, n = self.pending.pop(0)
+        self.rows.append({**row, **(result.result() if hasattr(result, "result") else result)})
+        if n and self.log:
+            aucs = [r["auc"] for r in self.rows[-n:]]
             self.log(f"{row['heatmap']:>24s} {row['input']:5s} {row['filter']:10s} k={row['k']:>3g} {row['imputation']:4s}: "
-                     f"re-trained AUC {np.mean(same):.3f} ± {np.std(same, ddof=1):.3f}")
+                     f"re-trained AUC {np.mean(aucs):.3f} ± {np.std(aucs, ddof=1):.3f}")
 
     def results(self) -> list[dict]:
         while self.pending:
@@ -150,13 +160,16 @@ def parallel_jobs(jobs: int, device: str) -> tuple[int, int]:
     """(worker processes, torch threads each) for ``jobs`` (0: automatic).
 
     Automatic on a CPU: one one-thread worker per thread this process may use (``torch.get_num_threads()``,
-    which a run pinned to fewer threads has already lowered); on a GPU, one (the re-trainings share the device).
+    which a run pinned to fewer threads has already lowered, and no more than the cores it may run on); on a
+    GPU, one (the re-trainings share the device).
     """
+    from .workers import cores
+
     if jobs < 0:
         raise ValueError(f"jobs={jobs}: expected 0 (automatic) or a number of worker processes")
     threads = torch.get_num_threads()
     if jobs == 0:
-        jobs = 1 if resolve_device(device).type != "cpu" else threads
+        jobs = 1 if resolve_device(device).type != "cpu" else min(threads, cores())
     return jobs, max(1, threads // jobs)
 
 
@@ -178,7 +191,8 @@ def run_experiment(
     'none' rows are the unfiltered references (re-trained at ``size``, and the original classifier).
     ``jobs``: re-trainings side by side in worker processes of ``threads`` torch threads each (see
     :func:`parallel_jobs`; 0: automatic, 1: one by one in this process at its own thread count); the rows
-    depend on the threads each re-training had, not on how many ran side by side. Workers are spawned: a
+    depend on the threads each re-training had, not on how many ran side by side (a finished re-training
+    found in ``out_dir`` is reused whatever its threads were). Workers are spawned: a
     script that calls this with more than one job needs the usual ``if __name__ == "__main__":`` guard.
     """
 
@@ -193,7 +207,7 @@ def run_experiment(
     model, norm = original
     y_test = manifests["test"].tumour.to_numpy()
     small = {s: resize_images(images[s], size) for s in SPLITS}
-    out_dir, originals = Path(out_dir), []
+    out_dir = Path(out_dir)
     manifests = {s: manifests[s] for s in SPLITS}
 
     with _Trainings(jobs, threads or auto_threads, log) as trainings:
@@ -202,12 +216,13 @@ def run_experiment(
             for i, sd in enumerate(seeds):
                 folder = out_dir / _slug(f"{name}__{inp}__{kind}_{k:g}_{imp}__seed{sd}")
                 row = {"heatmap": name, "input": inp, "filter": kind, "k": float(k), "imputation": imp, "seed": sd}
-                trainings.submit(row, (x, manifests, folder, sd, arch, epochs, batch_size, device), i == len(seeds) - 1)
+                trainings.submit(row, (x, manifests, folder, sd, arch, epochs, batch_size, device),
+                                 len(seeds) if i == len(seeds) - 1 else 0)
 
         def read_original(name: str, kind: str, k: float, imp: str, x: np.ndarray) -> None:
             m = classification.classification_metrics(y_test, train.predict(model, norm, x))
-            originals.append({"heatmap": name, "input": "original", "filter": kind, "k": float(k), "imputation": imp,
-                              "seed": None, "accuracy": m["accuracy"], "auc": m["auc"]})
+            trainings.add({"heatmap": name, "input": "original", "filter": kind, "k": float(k), "imputation": imp,
+                           "seed": None, "accuracy": m["accuracy"], "auc": m["auc"]})
 
         retrain(NO_HEATMAP, "image", "none", 0.0, "-", small)
         read_original(NO_HEATMAP, "none", 0.0, "-", np.asarray(images["test"]))
@@ -226,7 +241,7 @@ def run_experiment(
                 x = {s: filtering.shape_images(small_maps[s], "keep_hot" if kind == SHAPE_SOFT else "keep", k) for s in SPLITS}
                 retrain(name, "shape", kind, k, "-", x)
         rows = trainings.results()
-    return pd.DataFrame(rows + originals)
+    return pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------ tables

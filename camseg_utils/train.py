@@ -59,10 +59,13 @@ def seed_everything(seed: int) -> None:
 
 
 def versions() -> dict[str, str]:
-    import torchvision
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
+    try:  # read from the installed package's metadata: importing torchvision takes seconds
+        tv = version("torchvision")
+    except PackageNotFoundError:
+        tv = "not installed"
+    return {"torch": torch.__version__, "torchvision": tv, "numpy": np.__version__, "python": platform.python_version()}
 
 
 # ------------------------------------------------------------------ tensors

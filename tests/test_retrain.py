@@ -200,6 +200,8 @@ def test_figures_draw_every_filter_beside_its_shape_control(tmp_path):
 def test_re_trainings_side_by_side_give_the_rows_of_one_by_one(tmp_path):
     import torch
 
+    from camseg_utils.workers import cores
+
     ds = data.build_dataset("synthetic", image_size=32, n_patients=12, seed=0, progress=False)
     parts = {s: ds.split(s) for s in data.SPLITS}
     images = {s: p.images for s, p in parts.items()}
@@ -210,18 +212,28 @@ def test_re_trainings_side_by_side_give_the_rows_of_one_by_one(tmp_path):
     norm = train.Normalise([0.3] * 3, [0.2] * 3)
     model(torch.zeros(1, 3, 32, 32))
     args = (images, manifests, heat, (model.eval(), norm), np.full(3, 60.0), [50])
-    kw = dict(imputations=["mean"], seeds=[0, 1], size=16, epochs=1, batch_size=16, log=None)
+    kw = dict(imputations=["mean"], seeds=[0, 1], size=16, epochs=1, batch_size=16)
+    logs = {"one": [], "two": []}
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = rt.run_experiment(*args, tmp_path / "one", jobs=1, **kw)
+        one = rt.run_experiment(*args, tmp_path / "one", jobs=1, log=logs["one"].append, **kw)
     finally:
         torch.set_num_threads(before)
-    two = rt.run_experiment(*args, tmp_path / "two", jobs=2, threads=1, **kw)
-    # 1 unfiltered + 4 filters of the random heatmap, 2 seeds each; 1 + 4 original readings
-    assert len(one) == 2 * 5 + 5 and (one.input == "original").sum() == 5
+    two = rt.run_experiment(*args, tmp_path / "two", jobs=2, threads=1, log=logs["two"].append, **kw)
+    # 1 unfiltered + 4 filters of the random heatmap, 2 seeds each, each condition's original reading after its seeds
+    assert list(zip(one.heatmap, one["filter"], one.input))[:6] == [
+        ("none", "none", "image"), ("none", "none", "image"), ("none", "none", "original"),
+        ("random", "keep_hot", "image"), ("random", "keep_hot", "image"), ("random", "keep_hot", "original")]
+    assert len(one) == 2 * 5 + 5 and (one.input == "original").sum() == 5 and one.auc.nunique() > 5
     assert len(list((tmp_path / "two").iterdir())) == 10  # trained there, not reused from "one"
     pd.testing.assert_frame_equal(one, two)
+    # one log line per condition, its mean and sd over that condition's seeds
+    first = one[(one.heatmap == "none") & (one.input == "image")].auc
+    assert len(logs["one"]) == 5 and logs["one"] == logs["two"]
+    assert f"{first.mean():.3f} ± {first.std(ddof=1):.3f}" in logs["one"][0]
     with pytest.raises(ValueError, match="jobs=-1"):
         rt.parallel_jobs(-1, "cpu")
-    assert rt.parallel_jobs(3, "cpu")[0] == 3 and rt.parallel_jobs(0, "cpu")[0] == torch.get_num_threads()
+    assert rt.parallel_jobs(3, "cpu")[0] == 3
+    n = min(torch.get_num_threads(), cores())  # automatic: one worker per thread, no more than the cores
+    assert rt.parallel_jobs(0, "cpu") == (n, max(1, torch.get_num_threads() // n))
