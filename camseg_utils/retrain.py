@@ -95,13 +95,78 @@ def retrain_and_score(images: Mapping[str, np.ndarray], manifests: Mapping[str, 
     return {"accuracy": m["accuracy"], "auc": m["auc"]}
 
 
+class _Trainings:
+    """Runs :func:`retrain_and_score` for every submitted re-training and keeps the results in submission order.
+
+    ``jobs`` 1: in this process, one after another, at this process's thread count. More: in ``jobs`` spawned
+    worker processes of ``threads`` torch threads each. A small CNN's convolutions on a few dozen pixels use
+    a second thread poorly, so on a CPU independent one-thread re-trainings side by side finish sooner than
+    the same re-trainings one by one on every thread. A re-training's result depends on its inputs, seed
+    and thread count, not on the process that ran it.
+    """
+
+    def __init__(self, jobs: int, threads: int, log: Callable[[str], None] | None) -> None:
+        self.jobs, self.threads, self.log = jobs, threads, log
+        self.pending: list = []  # (row, future or result, condition's last seed: its log line)
+        self.rows: list[dict] = []
+        self.pool = None
+
+    def __enter__(self) -> "_Trainings":
+        if self.jobs > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawned, not forked: a forked child of a process whose OpenMP threads have run can hang
+            self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=torch.set_num_threads, initargs=(self.threads,))
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
+
+    def submit(self, row: dict, args: tuple, last: bool) -> None:
+        result = self.pool.submit(retrain_and_score, *args) if self.pool else retrain_and_score(*args)
+        self.pending.append((row, result, last))
+        # at most two waiting per worker: each holds a copy of its filtered images
+        while len(self.pending) > (2 * self.jobs if self.pool else 0):
+            self._collect()
+
+    def _collect(self) -> None:
+        row, result, last = self.pending.pop(0)
+        self.rows.append({**row, **(result.result() if self.pool else result)})
+        if last and self.log:
+            same = [r["auc"] for r in self.rows if all(r[c] == row[c] for c in ("heatmap", "input", "filter", "k", "imputation"))]
+            self.log(f"{row['heatmap']:>24s} {row['input']:5s} {row['filter']:10s} k={row['k']:>3g} {row['imputation']:4s}: "
+                     f"re-trained AUC {np.mean(same):.3f} ± {np.std(same, ddof=1):.3f}")
+
+    def results(self) -> list[dict]:
+        while self.pending:
+            self._collect()
+        return self.rows
+
+
+def parallel_jobs(jobs: int, device: str) -> tuple[int, int]:
+    """(worker processes, torch threads each) for ``jobs`` (0: automatic).
+
+    Automatic on a CPU: one one-thread worker per thread this process may use (``torch.get_num_threads()``,
+    which a run pinned to fewer threads has already lowered); on a GPU, one (the re-trainings share the device).
+    """
+    if jobs < 0:
+        raise ValueError(f"jobs={jobs}: expected 0 (automatic) or a number of worker processes")
+    threads = torch.get_num_threads()
+    if jobs == 0:
+        jobs = 1 if resolve_device(device).type != "cpu" else threads
+    return jobs, max(1, threads // jobs)
+
+
 def run_experiment(
     images: Mapping[str, np.ndarray], manifests: Mapping[str, pd.DataFrame],
     heatmaps: Mapping[str, Mapping[str, np.ndarray]], original: tuple, fill: np.ndarray, ks: Sequence[float],
     out_dir: str | Path, imputations: Sequence[str] = filtering.IMPUTATIONS, seeds: Sequence[int] = (0, 1, 2),
     arch: str = "small_cnn", size: int | None = None, epochs: int = 3, batch_size: int = 32, device: str = "cpu",
     noise: float = filtering.NLI_NOISE, ks_for: Mapping[str, Sequence[float]] | None = None,
-    log: Callable[[str], None] | None = print,
+    log: Callable[[str], None] | None = print, jobs: int = 1, threads: int | None = None,
 ) -> pd.DataFrame:
     """Every re-training of the study; one row per (heatmap, input, filter, k, imputation, seed).
 
@@ -111,6 +176,9 @@ def run_experiment(
     the heatmaps came from. ``fill``: the training split's per-channel mean (0..255). ``ks_for``
     overrides ``ks`` for some heatmaps. Rows of input 'original' have no seed; the heatmap
     'none' rows are the unfiltered references (re-trained at ``size``, and the original classifier).
+    ``jobs``: re-trainings side by side in worker processes of ``threads`` torch threads each (see
+    :func:`parallel_jobs`; 0: automatic, 1: one by one in this process at its own thread count); the rows
+    depend on the threads each re-training had, not on how many ran side by side.
     """
 
     if RANDOM not in heatmaps:
@@ -120,43 +188,44 @@ def run_experiment(
         raise ValueError(f"images and manifests need the splits {SPLITS}; missing {missing}")
     if len(seeds) < 2:
         raise ValueError(f"seeds={list(seeds)}: at least two, so every reading has a spread")
+    jobs, auto_threads = parallel_jobs(jobs, device)
     model, norm = original
     y_test = manifests["test"].tumour.to_numpy()
     small = {s: resize_images(images[s], size) for s in SPLITS}
-    out_dir, rows = Path(out_dir), []
+    out_dir, originals = Path(out_dir), []
+    manifests = {s: manifests[s] for s in SPLITS}
 
-    def retrain(name: str, inp: str, kind: str, k: float, imp: str, x: Mapping[str, np.ndarray]) -> None:
-        aucs = []
-        for sd in seeds:
-            folder = out_dir / _slug(f"{name}__{inp}__{kind}_{k:g}_{imp}__seed{sd}")
-            m = retrain_and_score(x, manifests, folder, sd, arch, epochs, batch_size, device)
-            rows.append({"heatmap": name, "input": inp, "filter": kind, "k": float(k), "imputation": imp, "seed": sd, **m})
-            aucs.append(m["auc"])
-        if log:
-            log(f"{name:>24s} {inp:5s} {kind:10s} k={k:>3g} {imp:4s}: re-trained AUC {np.mean(aucs):.3f} ± {np.std(aucs, ddof=1):.3f}")
+    with _Trainings(jobs, threads or auto_threads, log) as trainings:
+        def retrain(name: str, inp: str, kind: str, k: float, imp: str, x: Mapping[str, np.ndarray]) -> None:
+            x = {s: x[s] for s in SPLITS}
+            for i, sd in enumerate(seeds):
+                folder = out_dir / _slug(f"{name}__{inp}__{kind}_{k:g}_{imp}__seed{sd}")
+                row = {"heatmap": name, "input": inp, "filter": kind, "k": float(k), "imputation": imp, "seed": sd}
+                trainings.submit(row, (x, manifests, folder, sd, arch, epochs, batch_size, device), i == len(seeds) - 1)
 
-    def read_original(name: str, kind: str, k: float, imp: str, x: np.ndarray) -> None:
-        m = classification.classification_metrics(y_test, train.predict(model, norm, x))
-        rows.append({"heatmap": name, "input": "original", "filter": kind, "k": float(k), "imputation": imp,
-                     "seed": None, "accuracy": m["accuracy"], "auc": m["auc"]})
+        def read_original(name: str, kind: str, k: float, imp: str, x: np.ndarray) -> None:
+            m = classification.classification_metrics(y_test, train.predict(model, norm, x))
+            originals.append({"heatmap": name, "input": "original", "filter": kind, "k": float(k), "imputation": imp,
+                              "seed": None, "accuracy": m["accuracy"], "auc": m["auc"]})
 
-    retrain(NO_HEATMAP, "image", "none", 0.0, "-", small)
-    read_original(NO_HEATMAP, "none", 0.0, "-", np.asarray(images["test"]))
-    for name, maps in heatmaps.items():
-        ks_h = list((ks_for or {}).get(name, ks))
-        small_maps = {s: resize_maps(maps[s], size) for s in SPLITS}
-        for kind, k, imp in filtering.conditions(ks_h, imputations):
-            x = {s: filtering.filter_images(small[s], small_maps[s], kind, k, fill, imp if imp != "-" else "mean",
-                                            noise, seed=i) for i, s in enumerate(SPLITS)}
-            retrain(name, "image", kind, k, imp, x)
-            if imp in ("-", "mean"):
-                read_original(name, kind, k, imp, filtering.filter_images(images["test"], maps["test"], kind, k, fill))
-        if name == RANDOM:
-            continue
-        for kind, k in [(SHAPE_SOFT, 0.0)] + [(SHAPE_HARD, float(k)) for k in ks_h]:
-            x = {s: filtering.shape_images(small_maps[s], "keep_hot" if kind == SHAPE_SOFT else "keep", k) for s in SPLITS}
-            retrain(name, "shape", kind, k, "-", x)
-    return pd.DataFrame(rows)
+        retrain(NO_HEATMAP, "image", "none", 0.0, "-", small)
+        read_original(NO_HEATMAP, "none", 0.0, "-", np.asarray(images["test"]))
+        for name, maps in heatmaps.items():
+            ks_h = list((ks_for or {}).get(name, ks))
+            small_maps = {s: resize_maps(maps[s], size) for s in SPLITS}
+            for kind, k, imp in filtering.conditions(ks_h, imputations):
+                x = {s: filtering.filter_images(small[s], small_maps[s], kind, k, fill, imp if imp != "-" else "mean",
+                                                noise, seed=i) for i, s in enumerate(SPLITS)}
+                retrain(name, "image", kind, k, imp, x)
+                if imp in ("-", "mean"):
+                    read_original(name, kind, k, imp, filtering.filter_images(images["test"], maps["test"], kind, k, fill))
+            if name == RANDOM:
+                continue
+            for kind, k in [(SHAPE_SOFT, 0.0)] + [(SHAPE_HARD, float(k)) for k in ks_h]:
+                x = {s: filtering.shape_images(small_maps[s], "keep_hot" if kind == SHAPE_SOFT else "keep", k) for s in SPLITS}
+                retrain(name, "shape", kind, k, "-", x)
+        rows = trainings.results()
+    return pd.DataFrame(rows + originals)
 
 
 # ------------------------------------------------------------------ tables

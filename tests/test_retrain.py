@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from camseg_utils import claims, data, retrain_figures
+from camseg_utils import claims, data, retrain_figures, train
 from camseg_utils import retrain as rt
 
 
@@ -195,3 +195,33 @@ def test_figures_draw_every_filter_beside_its_shape_control(tmp_path):
     assert titles == ["image", "keep_hot", "keep_dark", "keep 10 mean", "keep 10 nli", "remove 10 mean", "remove 10 nli",
                       "shape only 10"]
     assert fig.axes[0].get_images()[0].get_array().shape[:2] == (16, 16)  # drawn at the re-training size
+
+
+def test_re_trainings_side_by_side_give_the_rows_of_one_by_one(tmp_path):
+    import torch
+
+    ds = data.build_dataset("synthetic", image_size=32, n_patients=12, seed=0, progress=False)
+    parts = {s: ds.split(s) for s in data.SPLITS}
+    images = {s: p.images for s, p in parts.items()}
+    manifests = {s: p.manifest for s, p in parts.items()}
+    rng = np.random.default_rng(0)
+    heat = {name: {s: rng.random(images[s].shape[:3], dtype=np.float32) for s in data.SPLITS} for name in ("random",)}
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    norm = train.Normalise([0.3] * 3, [0.2] * 3)
+    model(torch.zeros(1, 3, 32, 32))
+    args = (images, manifests, heat, (model.eval(), norm), np.full(3, 60.0), [50])
+    kw = dict(imputations=["mean"], seeds=[0, 1], size=16, epochs=1, batch_size=16, log=None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = rt.run_experiment(*args, tmp_path / "one", jobs=1, **kw)
+    finally:
+        torch.set_num_threads(before)
+    two = rt.run_experiment(*args, tmp_path / "two", jobs=2, threads=1, **kw)
+    # 1 unfiltered + 4 filters of the random heatmap, 2 seeds each; 1 + 4 original readings
+    assert len(one) == 2 * 5 + 5 and (one.input == "original").sum() == 5
+    assert len(list((tmp_path / "two").iterdir())) == 10  # trained there, not reused from "one"
+    pd.testing.assert_frame_equal(one, two)
+    with pytest.raises(ValueError, match="jobs=-1"):
+        rt.parallel_jobs(-1, "cpu")
+    assert rt.parallel_jobs(3, "cpu")[0] == 3 and rt.parallel_jobs(0, "cpu")[0] == torch.get_num_threads()
