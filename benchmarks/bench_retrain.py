@@ -33,7 +33,7 @@ def side_by_side(images, manifests, seeds, arch, epochs, batch_size, jobs: int) 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, retrain._Trainings(jobs, 1, None) as runs:
         for sd in seeds:
-            runs.submit({"seed": sd}, (images, manifests, Path(tmp) / f"s{sd}", sd, arch, epochs, batch_size, "cpu"), False)
+            runs.submit({"seed": sd}, (images, manifests, Path(tmp) / f"s{sd}", sd, arch, epochs, batch_size, "cpu"))
         runs.results()
     return time.perf_counter() - t0
 

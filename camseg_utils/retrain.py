@@ -212,7 +212,6 @@ def run_experiment(
 
     with _Trainings(jobs, threads or auto_threads, log) as trainings:
         def retrain(name: str, inp: str, kind: str, k: float, imp: str, x: Mapping[str, np.ndarray]) -> None:
-            x = {s: x[s] for s in SPLITS}
             for i, sd in enumerate(seeds):
                 folder = out_dir / _slug(f"{name}__{inp}__{kind}_{k:g}_{imp}__seed{sd}")
                 row = {"heatmap": name, "input": inp, "filter": kind, "k": float(k), "imputation": imp, "seed": sd}

@@ -200,7 +200,7 @@ def test_figures_draw_every_filter_beside_its_shape_control(tmp_path):
 def test_re_trainings_side_by_side_give_the_rows_of_one_by_one(tmp_path):
     import torch
 
-    from camseg_utils.workers import cores
+    from camseg_utils.workers import cores, pinned_threads
 
     ds = data.build_dataset("synthetic", image_size=32, n_patients=12, seed=0, progress=False)
     parts = {s: ds.split(s) for s in data.SPLITS}
@@ -214,12 +214,8 @@ def test_re_trainings_side_by_side_give_the_rows_of_one_by_one(tmp_path):
     args = (images, manifests, heat, (model.eval(), norm), np.full(3, 60.0), [50])
     kw = dict(imputations=["mean"], seeds=[0, 1], size=16, epochs=1, batch_size=16)
     logs = {"one": [], "two": []}
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with pinned_threads(1):
         one = rt.run_experiment(*args, tmp_path / "one", jobs=1, log=logs["one"].append, **kw)
-    finally:
-        torch.set_num_threads(before)
     two = rt.run_experiment(*args, tmp_path / "two", jobs=2, threads=1, log=logs["two"].append, **kw)
     # 1 unfiltered + 4 filters of the random heatmap, 2 seeds each, each condition's original reading after its seeds
     assert list(zip(one.heatmap, one["filter"], one.input))[:6] == [
