@@ -13,7 +13,9 @@ exist: a run stopped early with ``--to`` aggregates what it has) and collects:
   it chose); and how often each (architecture, method, layer, refinement) won on validation;
 - 06: the re-trained, shape-only and original-classifier test ROC AUC per heatmap, filter, k and
   fill, and how often each claim got each verdict. The guided radius of a refined heatmap is chosen
-  on validation per seed, so '<method> + guided r=<radius>' is read as '<method> + guided'.
+  on validation per seed, so '<method> + guided r=<radius>' is read as '<method> + guided';
+- 07: test mean-Dice and patient Dice of the U-Net trained on CAM pseudo-masks and of its
+  random-heatmap control.
 
 Each number is given as mean ± sd over the seeds that have it (sd: the sample standard deviation,
 n - 1 in the denominator; none for one seed), with n and every seed's value. A value that is not a
@@ -84,13 +86,17 @@ def _dice_entries(m: dict) -> list[tuple[str, dict | None]]:
             ("random heatmap (baseline)", m.get("random_baseline"))]
 
 
-def _dice(m: dict) -> Iterable[Reading]:
-    for masks, entry in _dice_entries(m):
+def _segmentation(entries: list[tuple[str, dict | None]]) -> Iterable[Reading]:
+    for masks, entry in entries:
         if not isinstance(entry, dict):
             continue
         for key, name in (("mean_dice", "test mean-Dice"), ("patient_dice", "test patient Dice")):
             if key in entry:
                 yield "segmentation", {"masks": masks}, name, entry[key]
+
+
+def _dice(m: dict) -> Iterable[Reading]:
+    yield from _segmentation(_dice_entries(m))
     for r in _rows(m, "Paired comparisons"):
         if isinstance(r, dict) and {"comparison", "metric", "difference"} <= set(r):
             yield "paired", {"comparison": r["comparison"], "metric": r["metric"]}, "a - b per patient", r["difference"]
@@ -114,8 +120,13 @@ def _retrain(m: dict) -> Iterable[Reading]:
                 yield "retraining", what, name, r[key]
 
 
+def _pseudo(m: dict) -> Iterable[Reading]:
+    yield from _segmentation([("U-Net on CAM pseudo-masks (weakly supervised)", m.get("pseudo")),
+                              ("U-Net on random-heatmap pseudo-masks (control)", m.get("control"))])
+
+
 READERS: dict[str, Callable[[dict], Iterable[Reading]]] = {
-    "02_train": _classifier, "05_dice": _dice, "06_filtered_retrain": _retrain}
+    "02_train": _classifier, "05_dice": _dice, "06_filtered_retrain": _retrain, "07_pseudo_labels": _pseudo}
 
 
 def winner(metrics: dict[str, dict]) -> dict | None:

@@ -24,6 +24,7 @@ def _metrics(auc, dice, winner=("small_cnn", "layercam", "middle", "guided"), ra
             "verdicts": [{"heatmap": f"layercam + guided r={radius}", "claim": "hot areas", "test": "overall",
                           "verdict": verdict}, {"heatmap": "layercam", "claim": "hot areas", "test": "k=10",
                                                 "verdict": "not supported"}]},
+        "07_pseudo_labels": {"pseudo": {"mean_dice": dice + 0.1, "patient_dice": dice}, "control": {"mean_dice": 0.05}},
         "03_gradcam": {"seconds": 3.0},  # a stage without headline numbers: read, not aggregated
     }
 
@@ -52,7 +53,11 @@ def test_aggregate_of_hand_made_metrics():
     assert re_auc["n"] == 3 and re_auc["mean"] == pytest.approx(0.7)
     # a reading no seed has (NaN everywhere) is left out
     assert not [n for n in agg["numbers"] if n["number"] == "original classifier ROC AUC"]
-    assert {n["stage"] for n in agg["numbers"]} == {"02_train", "05_dice", "06_filtered_retrain"}
+    pseudo = _find(agg, "test mean-Dice", masks="U-Net on CAM pseudo-masks (weakly supervised)")
+    assert pseudo["stage"] == "07_pseudo_labels" and pseudo["mean"] == pytest.approx(0.5) and pseudo["sd"] == pytest.approx(0.1)
+    control = [n for n in agg["numbers"] if n["what"].get("masks", "").endswith("(control)")]
+    assert [(n["number"], n["mean"]) for n in control] == [("test mean-Dice", pytest.approx(0.05))]  # no patient Dice
+    assert {n["stage"] for n in agg["numbers"]} == {"02_train", "05_dice", "06_filtered_retrain", "07_pseudo_labels"}
     assert agg["winners"] == [
         {"arch": "small_cnn", "method": "layercam", "layer": "middle", "refinement": "guided", "wins": 2, "seeds": [0, 1]},
         {"arch": "small_cnn", "method": "gradcam", "layer": "last", "refinement": "none", "wins": 1, "seeds": [2]}]
