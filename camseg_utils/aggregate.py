@@ -15,7 +15,8 @@ exist: a run stopped early with ``--to`` aggregates what it has) and collects:
   fill, and how often each claim got each verdict. The guided radius of a refined heatmap is chosen
   on validation per seed, so '<method> + guided r=<radius>' is read as '<method> + guided';
 - 07: test mean-Dice and patient Dice of the U-Net trained on CAM pseudo-masks and of its
-  random-heatmap control.
+  random-heatmap control, and 07's paired differences (against its CAM masks, the supervised U-Net
+  and the control).
 
 Each number is given as mean ± sd over the seeds that have it (sd: the sample standard deviation,
 n - 1 in the denominator; none for one seed), with n and every seed's value. A value that is not a
@@ -95,11 +96,15 @@ def _segmentation(entries: list[tuple[str, dict | None]]) -> Iterable[Reading]:
                 yield "segmentation", {"masks": masks}, name, entry[key]
 
 
-def _dice(m: dict) -> Iterable[Reading]:
-    yield from _segmentation(_dice_entries(m))
+def _paired(m: dict) -> Iterable[Reading]:
     for r in _rows(m, "Paired comparisons"):
         if isinstance(r, dict) and {"comparison", "metric", "difference"} <= set(r):
             yield "paired", {"comparison": r["comparison"], "metric": r["metric"]}, "a - b per patient", r["difference"]
+
+
+def _dice(m: dict) -> Iterable[Reading]:
+    yield from _segmentation(_dice_entries(m))
+    yield from _paired(m)
 
 
 def heatmap_name(name: str) -> str:
@@ -123,6 +128,7 @@ def _retrain(m: dict) -> Iterable[Reading]:
 def _pseudo(m: dict) -> Iterable[Reading]:
     yield from _segmentation([("U-Net on CAM pseudo-masks (weakly supervised)", m.get("pseudo")),
                               ("U-Net on random-heatmap pseudo-masks (control)", m.get("control"))])
+    yield from _paired(m)
 
 
 READERS: dict[str, Callable[[dict], Iterable[Reading]]] = {
@@ -226,8 +232,8 @@ def number_pm(n: dict, seeds: list[int]) -> str:
 
 
 SECTIONS = {"classifiers": "Classifiers (02, test split)",
-            "segmentation": "Segmentation (05, test split; knobs chosen on validation per seed)",
-            "paired": "Paired comparisons (05, test split: mean difference a - b per patient; a and b as each seed chose)",
+            "segmentation": "Segmentation (05 and 07, test split; knobs chosen on validation per seed)",
+            "paired": "Paired comparisons (05 and 07, test split: mean difference a - b per patient; a and b as each seed chose)",
             "retraining": "Filtered re-training (06, test ROC AUC; each seed's value a mean over its re-training seeds)"}
 
 

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from . import heatmap_cache, protocol
+from . import heatmap_cache, paired, protocol
 from .data import Dataset, load_dataset
 from .device import resolve_device
 from .io import file_sha256, load_torch, read_json
@@ -38,6 +38,13 @@ from .unet import choose_volume_cleanup, load_unet, predict_volumes
 
 TABLE = "Weakly supervised segmentation (test split)"
 GRID_TABLE = "Pseudo-label U-Net on validation (one row per band and round)"
+PAIRED_TABLE = "Paired comparisons (test split, a - b per patient)"
+# the test masks 07 compares per patient, and the comparisons: (question, a, b)
+PSEUDO, CAM_MASKS, UNET, CONTROL = ("U-Net on CAM pseudo-masks", "CAM masks it learned from", "U-Net, supervised",
+                                    "U-Net on random-heatmap masks")
+PAIRS = [("pseudo-label U-Net vs its CAM masks", PSEUDO, CAM_MASKS),
+         ("supervised vs pseudo-label U-Net", UNET, PSEUDO),
+         ("pseudo-label U-Net vs its control", PSEUDO, CONTROL)]
 SOURCES = {"cam": "U-Net on CAM pseudo-masks (weakly supervised)", "random": "U-Net on random-heatmap masks (control)"}
 
 
@@ -216,6 +223,22 @@ def results_table(study: PseudoStudy) -> pd.DataFrame:
     return pd.DataFrame(rows).reindex(columns=COLUMNS)
 
 
+def paired_comparisons(study: PseudoStudy, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """The pseudo-label U-Net against the CAM masks it learned from, the supervised U-Net and its random-heatmap
+    control, as differences per test patient with patient-bootstrap CIs (:mod:`.paired`); a comparison whose
+    masks the study lacks (no control) is left out."""
+    masks = {PSEUDO: study.sources["cam"].unet.masks, CAM_MASKS: study.extra_masks.get("cam"),
+             UNET: study.extra_masks.get("unet")}
+    if "random" in study.sources:
+        masks[CONTROL] = study.sources["random"].unet.masks
+    m, test = study.test.part.manifest, study.test
+    slices = m["case"].astype(str) + ":" + m["slice"].astype(str)
+    counts = pd.concat([paired.slice_counts(v, test.gt, test.patients, slices, k) for k, v in masks.items()
+                        if v is not None], ignore_index=True)
+    have = set(counts.setting)
+    return paired.compare(counts, [p for p in PAIRS if {p[1], p[2]} <= have], n_boot, seed)
+
+
 def supervised_row(dice: dict) -> dict:
     """05's U-Net: its test scores with its validation scores at the 3-D clean-up 05 chose."""
     cleanup = float(dice.get("unet_volume_cleanup") or 0)
@@ -233,9 +256,11 @@ def table_records(table: pd.DataFrame) -> list[dict]:
     return out
 
 
-def pseudo_record(study: PseudoStudy, table: pd.DataFrame, n_boot: int, run_dir: str | Path, seconds: float) -> dict:
+def pseudo_record(study: PseudoStudy, table: pd.DataFrame, n_boot: int, run_dir: str | Path, seconds: float,
+                  pairs: pd.DataFrame | None = None) -> dict:
     """What ``metrics/07_pseudo_labels.json`` holds: the choices, the chosen networks' test scores beside
-    05's CAM masks and U-Net, every validation row, and the tables (the pipeline adds the provenance)."""
+    05's CAM masks and U-Net, every validation row, and the tables (the pipeline adds the provenance);
+    ``pairs``: :func:`paired_comparisons`."""
     run_dir, grid = Path(run_dir), study.grid
     cam = study.sources["cam"]
     u = supervised_row(study.dice)
@@ -263,5 +288,6 @@ def pseudo_record(study: PseudoStudy, table: pd.DataFrame, n_boot: int, run_dir:
         "grid": {"bands": list(grid.bands), "rounds": int(grid.rounds), "epochs": int(grid.epochs),
                  "empty_share": float(grid.empty_share), "volume_cleanups": list(grid.volume_cleanups)},
         "val_grid": grid_rows, "classifier_sha256": study.dice.get("classifier_sha256"), "seconds": seconds,
-        "tables": {TABLE: table_records(table), GRID_TABLE: grid_rows},
+        "tables": {TABLE: table_records(table), GRID_TABLE: grid_rows,
+                   **({PAIRED_TABLE: pairs.to_dict(orient="records")} if pairs is not None and len(pairs) else {})},
     }

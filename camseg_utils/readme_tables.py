@@ -106,16 +106,15 @@ def dice_table(m: dict, run_dir: Path) -> str:
     return markdown_table(header, body) + "\n" + f"Knobs chosen by {m.get('select_by', 'mean_dice')} on the validation split. "
 
 
-def paired_table(m: dict, run_dir: Path) -> str:
-    """Notebook 05's paired comparisons: a - b per test patient on both metrics, with CI and Wilcoxon p."""
-    rows = next((t for title, t in (m.get("tables") or {}).items() if title.startswith("Paired comparisons")), None)
-    if not rows:  # a run older than the comparisons: said, not failed, as for a stage the run lacks
-        return (f"*Not generated: `{run_dir / 'metrics/05_dice.json'}` was written before notebook 05 compared "
-                f"settings per patient; re-run 05 (`--from 05_dice`) to get them.*\n\n")
+def _paired_rows(m: dict) -> list[dict] | None:
+    return next((t for title, t in (m.get("tables") or {}).items() if title.startswith("Paired comparisons")), None)
+
+
+def _paired_body(rows: list[dict], short=lambda name: name) -> str:
+    """Paired comparisons a - b per test patient on both metrics, with CI and Wilcoxon p, one row per (question, a, b)."""
     by: dict[tuple, dict] = {}
     for r in rows:
         by.setdefault((r["comparison"], r["a"], r["b"]), {})[r["metric"]] = r
-    short = lambda name: name.split(" ", 1)[1] if " " in name and name != "U-Net" else name  # noqa: E731 (no model)
     body = []
     for (what, a, b), mets in by.items():
         cells = []
@@ -127,6 +126,16 @@ def paired_table(m: dict, run_dir: Path) -> str:
     header = ["comparison", "a - b", "mean-Dice a - b [95 % CI]", "patients a / b better", "p",
               "patient Dice a - b [95 % CI]", "patients a / b better", "p"]
     return markdown_table(header, body) + "\nDifferences per test patient, CIs by patient bootstrap, p: Wilcoxon signed-rank. "
+
+
+def paired_table(m: dict, run_dir: Path) -> str:
+    """Notebook 05's paired comparisons: a - b per test patient on both metrics, with CI and Wilcoxon p."""
+    rows = _paired_rows(m)
+    if not rows:  # a run older than the comparisons: said, not failed, as for a stage the run lacks
+        return (f"*Not generated: `{run_dir / 'metrics/05_dice.json'}` was written before notebook 05 compared "
+                f"settings per patient; re-run 05 (`--from 05_dice`) to get them.*\n\n")
+    short = lambda name: name.split(" ", 1)[1] if " " in name and name != "U-Net" else name  # noqa: E731 (no model)
+    return _paired_body(rows, short)
 
 
 def retrain_table(m: dict, run_dir: Path) -> str:
@@ -184,8 +193,10 @@ def pseudo_table(m: dict, run_dir: Path) -> str:
     body = [_dice_row(*entry) for entry in entries]
     header = ["masks", "trained on / from", "val mean-Dice", "test mean-Dice [95 % CI]", "patient Dice [95 % CI]",
               "FP area", "chosen on validation"]
-    return (markdown_table(header, body) + "\n" + f"No drawn mask of the training split was read; knobs chosen by "
+    text = (markdown_table(header, body) + "\n" + f"No drawn mask of the training split was read; knobs chosen by "
             f"{m.get('select_by', 'mean_dice')} on the validation split.\n")
+    rows = _paired_rows(m)  # runs older than 07's paired comparisons have none
+    return text + ("\n" + _paired_body(rows) if rows else "")
 
 
 # kind -> (the stage whose metrics it reads, its body; :func:`table` adds where the numbers come from)

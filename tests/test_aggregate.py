@@ -24,7 +24,10 @@ def _metrics(auc, dice, winner=("small_cnn", "layercam", "middle", "guided"), ra
             "verdicts": [{"heatmap": f"layercam + guided r={radius}", "claim": "hot areas", "test": "overall",
                           "verdict": verdict}, {"heatmap": "layercam", "claim": "hot areas", "test": "k=10",
                                                 "verdict": "not supported"}]},
-        "07_pseudo_labels": {"pseudo": {"mean_dice": dice + 0.1, "patient_dice": dice}, "control": {"mean_dice": 0.05}},
+        "07_pseudo_labels": {"pseudo": {"mean_dice": dice + 0.1, "patient_dice": dice}, "control": {"mean_dice": 0.05},
+                             "tables": {"Paired comparisons (test split, a - b per patient)": [
+                                 {"comparison": "pseudo-label U-Net vs its CAM masks", "metric": "mean_dice",
+                                  "difference": 0.1}]}},
         "03_gradcam": {"seconds": 3.0},  # a stage without headline numbers: read, not aggregated
     }
 
@@ -57,6 +60,7 @@ def test_aggregate_of_hand_made_metrics():
     assert pseudo["stage"] == "07_pseudo_labels" and pseudo["mean"] == pytest.approx(0.5) and pseudo["sd"] == pytest.approx(0.1)
     control = [n for n in agg["numbers"] if n["what"].get("masks", "").endswith("(control)")]
     assert [(n["number"], n["mean"]) for n in control] == [("test mean-Dice", pytest.approx(0.05))]  # no patient Dice
+    assert _find(agg, "a - b per patient", comparison="pseudo-label U-Net vs its CAM masks")["stage"] == "07_pseudo_labels"
     assert {n["stage"] for n in agg["numbers"]} == {"02_train", "05_dice", "06_filtered_retrain", "07_pseudo_labels"}
     assert agg["winners"] == [
         {"arch": "small_cnn", "method": "layercam", "layer": "middle", "refinement": "guided", "wins": 2, "seeds": [0, 1]},

@@ -102,6 +102,16 @@ def _check_pseudo_labels(run_dir, dice):
         lo, hi = r["mean_dice_ci"]
         assert lo <= r["mean_dice"] + 1e-9 and r["mean_dice"] <= hi + 1e-9
         assert file_sha256(run_dir / r["network"]) == r["network_sha256"]
+    # the paired comparisons compare the very masks the table scores: each side's value is that row's number
+    pairs = {(r["comparison"], r["metric"]): r for r in weak["tables"]["Paired comparisons (test split, a - b per patient)"]}
+    assert {c for c, _ in pairs} == {"pseudo-label U-Net vs its CAM masks", "supervised vs pseudo-label U-Net",
+                                     "pseudo-label U-Net vs its control"}
+    for metric in ("mean_dice", "patient_dice"):
+        vs_cam, vs_unet = pairs["pseudo-label U-Net vs its CAM masks", metric], pairs["supervised vs pseudo-label U-Net", metric]
+        assert vs_cam["a_value"] == pytest.approx(weak["pseudo"][metric]) and vs_unet["b_value"] == pytest.approx(weak["pseudo"][metric])
+        assert vs_cam["b_value"] == pytest.approx(dice["best_cam"][metric])
+        assert vs_unet["a_value"] == pytest.approx(dice["unet"][metric])
+        assert pairs["pseudo-label U-Net vs its control", metric]["b_value"] == pytest.approx(weak["control"][metric])
     assert weak["provenance"]["preset"] == "smoke"
 
 

@@ -40,8 +40,9 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
 def test_readme_blocks_name_known_kinds_and_runs():
     text = README.read_text()
     blocks = [(m["name"], m["kind"]) for m in readme_tables.MARKER.finditer(text)]
-    assert {k for _, k in blocks} == set(readme_tables.KINDS)
-    assert {n for n, _ in blocks} == {"synthetic", "lgg_cpu"}
+    assert {k for _, k in blocks} == set(readme_tables.KINDS) | {"seeds"}
+    assert {n for n, _ in blocks} == {"synthetic", "synthetic_seeds", "lgg_cpu"}
+    assert {k for n, k in blocks if n == "synthetic_seeds"} == {"seeds"}  # a multi-seed run folder's one table
     assert text.count("<!-- table:") == len(blocks)  # every opening marker has its closing one
 
 
@@ -73,6 +74,8 @@ def test_tables_from_a_smoke_run(smoke_run):
     assert f"{best['mean_dice']:.3f}" in rows["CAM masks it learned from (05)"]
     assert f"{unet['mean_dice']:.3f}" in rows["U-Net, supervised (05, reference)"]
     assert "U-Net on random-heatmap masks (control)" in rows
+    for r in weak["tables"]["Paired comparisons (test split, a - b per patient)"]:
+        assert f"{r['difference']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]" in rows[r["comparison"]]
     for md in t.values():
         assert str(run_dir) in md and "12 patients" in md
 
