@@ -34,16 +34,22 @@ def _folders(run_dir: Path, prefix: str) -> dict[int, Path]:
 
 
 def _commits(per_run: dict[int, dict[str, dict]], unit: str) -> str:
-    """The commit(s) behind the runs' metrics: one when all agree, else which run has which."""
-    found: dict[str, list[int]] = {}
+    """The commit(s) behind the runs' metrics: one when all agree, else which stages (and, when not all of
+    them, which runs) each commit made."""
+    found: dict[str, tuple[list[str], list[int]]] = {}
     for n, metrics in per_run.items():
-        for m in metrics.values():
-            runs = found.setdefault(provenance(m), [])
+        for stage, m in sorted(metrics.items()):
+            stages, runs = found.setdefault(provenance(m), ([], []))
+            if stage not in stages:
+                stages.append(stage)
             if n not in runs:
                 runs.append(n)
     if len(found) == 1:
         return next(iter(found))
-    return "; ".join(f"{c} ({unit}s {', '.join(map(str, ns))})" for c, ns in found.items())
+    every = sorted(per_run)
+    return "; ".join(f"{c} ({', '.join(sorted(stages))}" + ("" if sorted(runs) == every else
+                                                          f"; {unit}s {', '.join(map(str, sorted(runs)))}") + ")"
+                     for c, (stages, runs) in found.items())
 
 
 def _label(n: dict) -> str:

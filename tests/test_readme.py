@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from camseg_utils import metrics, readme_tables
+from camseg_utils import metrics, readme_multi, readme_tables
 from camseg_utils.readme_tables import ReadmeError
 
 from .conftest import REPO
@@ -170,3 +170,14 @@ def test_paired_table_of_a_run_older_than_the_comparisons_says_so(tmp_path):
 def test_p_values_below_a_thousandth_are_not_printed_as_zero():
     assert readme_tables.p_value(0.0005) == "< 0.001" and readme_tables.p_value(0.0213) == "0.021"
     assert readme_tables.p_value(float("nan")) == "n/a"
+
+
+def test_multi_run_tables_name_the_commit_of_each_stage():
+    def made_by(commit):
+        return {"provenance": {"git": {"commit": commit * 40, "dirty": False}}}
+
+    same = {0: {"02_train": made_by("a")}, 1: {"02_train": made_by("a"), "05_dice": made_by("a")}}
+    assert readme_multi._commits(same, "seed") == "commit aaaaaaaaaaaa"
+    # 07 re-run at a later commit on seed 0 only: the stages each commit made, and the runs when not all
+    mixed = {0: {"02_train": made_by("a"), "07_pseudo_labels": made_by("b")}, 1: {"02_train": made_by("a")}}
+    assert readme_multi._commits(mixed, "seed") == "commit aaaaaaaaaaaa (02_train); commit bbbbbbbbbbbb (07_pseudo_labels; seeds 0)"
