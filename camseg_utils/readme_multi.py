@@ -36,20 +36,16 @@ def _folders(run_dir: Path, prefix: str) -> dict[int, Path]:
 def _commits(per_run: dict[int, dict[str, dict]], unit: str) -> str:
     """The commit(s) behind the runs' metrics: one when all agree, else which stages (and, when not all of
     them, which runs) each commit made."""
-    found: dict[str, tuple[list[str], list[int]]] = {}
+    found: dict[str, tuple[set[str], set[int]]] = {}
     for n, metrics in per_run.items():
-        for stage, m in sorted(metrics.items()):
-            stages, runs = found.setdefault(provenance(m), ([], []))
-            if stage not in stages:
-                stages.append(stage)
-            if n not in runs:
-                runs.append(n)
+        for stage, m in metrics.items():
+            stages, runs = found.setdefault(provenance(m), (set(), set()))
+            stages.add(stage)
+            runs.add(n)
     if len(found) == 1:
         return next(iter(found))
-    every = sorted(per_run)
-    return "; ".join(f"{c} ({', '.join(sorted(stages))}" + ("" if sorted(runs) == every else
-                                                          f"; {unit}s {', '.join(map(str, sorted(runs)))}") + ")"
-                     for c, (stages, runs) in found.items())
+    which = lambda runs: "" if runs == set(per_run) else f"; {unit}s {', '.join(map(str, sorted(runs)))}"  # noqa: E731
+    return "; ".join(f"{c} ({', '.join(sorted(stages))}{which(runs)})" for c, (stages, runs) in found.items())
 
 
 def _label(n: dict) -> str:
