@@ -127,7 +127,7 @@ def _retrain(m: dict) -> Iterable[Reading]:
 
 def _pseudo(m: dict) -> Iterable[Reading]:
     yield from _segmentation([("U-Net on CAM pseudo-masks (weakly supervised)", m.get("pseudo")),
-                              ("U-Net on random-heatmap pseudo-masks (control)", m.get("control"))])
+                              ("U-Net on random-heatmap masks (control)", m.get("control"))])
     yield from _paired(m)
 
 
