@@ -1,9 +1,12 @@
-"""Training throughput against a bare forward + backward loop over the same model and batch.
+"""Training throughput: the training step against a bare forward + backward, and the two memory layouts.
 
 The data path (indexing the on-device uint8 split, augmentation, normalisation) must not be
-the bottleneck: target within 15 % of the bare loop. Prints both.
+the bottleneck: target within 15 % of the bare loop. Training runs channels-last on every
+device; the bare loop is also timed in the default (NCHW) layout, so the choice stays measured.
+``unet`` is the segmentation network of notebooks 05 and 07 (``--unet-width``, segmentation loss).
 
-    python benchmarks/bench_train.py [--archs small_cnn resnet18] [--size 128] [--batch 32] [--steps 20] [--device auto]
+    python benchmarks/bench_train.py [--archs small_cnn resnet18 unet] [--size 128] [--batch 32] [--steps 20]
+                                     [--unet-width 8] [--device auto]
 """
 
 import argparse
@@ -13,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from camseg_utils import data, models, train
+from camseg_utils import data, models, train, unet
 from camseg_utils.device import device_name, resolve_device, to_tensor
 
 ap = argparse.ArgumentParser()
@@ -21,12 +24,14 @@ ap.add_argument("--archs", nargs="+", default=["small_cnn"])
 ap.add_argument("--size", type=int, default=128)
 ap.add_argument("--batch", type=int, default=32)
 ap.add_argument("--steps", type=int, default=20)
+ap.add_argument("--unet-width", type=int, default=8)
 ap.add_argument("--device", default="auto")
 args = ap.parse_args()
 dev = resolve_device(args.device)
 name = device_name(dev)
 ds = data.generate_synthetic(n_patients=30, size=args.size, seed=0)
 print(f"device: {name}; size {args.size}, batch {args.batch}, {args.steps} steps per measurement")
+CL = torch.channels_last
 
 
 def sync():
@@ -34,48 +39,57 @@ def sync():
         torch.cuda.synchronize()
 
 
-for arch in args.archs:
+def build(arch: str, layout: torch.memory_format) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = models.build_model(arch).to(dev).train()
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model = unet.UNet(args.unet_width) if arch == "unet" else models.build_model(arch)
+    return model.to(dev).to(memory_format=layout).train()
+
+
+for arch in args.archs:
+    seg = arch == "unet"
+    nets = {"nchw": build(arch, torch.contiguous_format), "cl": build(arch, CL)}
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-3) for k, m in nets.items()}
     amp = dev.type == "cuda"
     norm = train.Normalise(*train.channel_stats(ds.images)).to(dev)
     x_all = to_tensor(ds.images, dev)
-    y_all = torch.from_numpy(ds.manifest.tumour.to_numpy().astype(np.int64)).to(dev)
+    y_all = (torch.from_numpy(np.ascontiguousarray(ds.masks)).float() if seg else
+             torch.from_numpy(ds.manifest.tumour.to_numpy().astype(np.int64))).to(dev)
     gen = torch.Generator(device=dev).manual_seed(0)
     order = torch.randint(0, len(x_all), (10_000 * args.batch,), device=dev, generator=gen)  # as an epoch's permutation
     pos = [0]
-    xb_fixed = norm(x_all[: args.batch].float() / 255).contiguous(memory_format=torch.channels_last)
+    xb_fixed = norm(x_all[: args.batch].float() / 255)
     yb_fixed = y_all[: args.batch]
 
-    def step(xb, yb):
+    def step(layout, xb, yb):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(xb).float(), yb)
-        opt.zero_grad(set_to_none=True)
+            out = nets[layout](xb.contiguous(memory_format=CL if layout == "cl" else torch.contiguous_format))
+        loss = unet.segmentation_loss(out.float(), yb) if seg else F.cross_entropy(out.float(), yb)
+        opts[layout].zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        opts[layout].step()
 
-    def bare():
-        step(xb_fixed, yb_fixed)
-
-    def full():  # what train_classifier does per step
+    def full():  # what train_classifier / train_unet do per step
         idx = order[pos[0]:pos[0] + args.batch]
         pos[0] += args.batch
-        xb = norm(train.augment_batch(x_all[idx].float() / 255, gen)).contiguous(memory_format=torch.channels_last)
-        step(xb, y_all[idx])
+        if seg:
+            xb, yb = train.augment_batch(x_all[idx].float() / 255, gen, y_all[idx][:, None])
+            step("cl", norm(xb), yb[:, 0])
+        else:
+            step("cl", norm(train.augment_batch(x_all[idx].float() / 255, gen)), y_all[idx])
 
-    rates = {}
-    for label, fn in (("bare", bare), ("training", full), ("bare ", bare), ("training ", full)):
-        for _ in range(3):
-            fn()
-        sync()
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            fn()
-        sync()
-        rates.setdefault(label.strip(), []).append(args.steps * args.batch / (time.perf_counter() - t))
-    b, f = max(rates["bare"]), max(rates["training"])
-    print(f"{arch:12s} bare forward+backward {b:8.1f} img/s | training step with data path {f:8.1f} img/s "
-          f"| ratio {f / b:.2f}", flush=True)
+    cases = {"bare nchw": lambda: step("nchw", xb_fixed, yb_fixed), "bare": lambda: step("cl", xb_fixed, yb_fixed),
+             "training": full}
+    rates: dict[str, list[float]] = {}
+    for _ in range(2):  # interleaved, the better of two
+        for label, fn in cases.items():
+            for _ in range(3):
+                fn()
+            sync()
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                fn()
+            sync()
+            rates.setdefault(label, []).append(args.steps * args.batch / (time.perf_counter() - t))
+    n, b, f = (max(rates[k]) for k in ("bare nchw", "bare", "training"))
+    print(f"{arch:12s} bare forward+backward: NCHW {n:8.1f} img/s, channels-last {b:8.1f} img/s "
+          f"(x{b / n:.2f}) | training step with data path {f:8.1f} img/s | ratio {f / b:.2f}", flush=True)

@@ -174,7 +174,7 @@ def train_on_targets(images: np.ndarray, targets: Targets, val: Dataset, out_dir
     seed_everything(seed)
     mean, std = channel_stats(images)
     norm = Normalise(mean, std).to(dev)
-    model = UNet(width).to(dev)
+    model = UNet(width).to(dev).to(memory_format=torch.channels_last)  # as the classifiers
     x = to_tensor(images, dev)
     y = torch.from_numpy(np.stack([targets.mask, targets.ignore], 1)).to(dev)
     has = torch.from_numpy(np.flatnonzero(targets.mask.any((1, 2)) | targets.ignore.any((1, 2))))
@@ -200,7 +200,7 @@ def train_on_targets(images: np.ndarray, targets: Targets, val: Dataset, out_dir
             idx = perm[s * batch_size:(s + 1) * batch_size]
             xb, yb = augment_batch(x[idx].float() / 255, aug_gen, y[idx].float())
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                logits = model(norm(xb))
+                logits = model(norm(xb).contiguous(memory_format=torch.channels_last))
             loss = segmentation_loss(logits.float(), yb[:, 0], yb[:, 1])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -3,7 +3,8 @@
 Our design decisions (not the paper's): from scratch by default; the whole split lives
 on the device as uint8 and is augmented there in batches (flips, small rotations,
 shifts and scalings, per-channel intensity jitter), so the data path never waits on a
-loader; class imbalance is handled by class-weighted cross-entropy; AdamW with a
+loader; channels-last convolutions on every device (oneDNN's fast layout on a CPU, tensor
+cores' on a GPU: ``benchmarks/bench_train.py`` compares the layouts); class imbalance is handled by class-weighted cross-entropy; AdamW with a
 one-cycle schedule; the epoch with the best validation ROC AUC is kept.
 """
 
@@ -159,9 +160,7 @@ def train_classifier(
     split_hash = split_hash or manifest_hash(pd.concat([train.manifest, val.manifest]))
     mean, std = channel_stats(train.images)
     norm = Normalise(mean, std).to(device)
-    model = build_model(config.arch, config.pretrained).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(config.arch, config.pretrained).to(device).to(memory_format=torch.channels_last)
     x_train, y_train = to_tensor(train.images, device), torch.from_numpy(_labels(train)).to(device)
     x_val, y_val = to_tensor(val.images, device), _labels(val)
     counts = np.bincount(_labels(train), minlength=2)
@@ -217,9 +216,7 @@ def train_classifier(
             xb = x_train[idx].float() / 255
             if config.augment:
                 xb = augment_batch(xb, aug_gen)
-            xb, yb = norm(xb), y_train[idx]
-            if device.type == "cuda":
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            xb, yb = norm(xb).contiguous(memory_format=torch.channels_last), y_train[idx]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb, weight=class_weight)

@@ -144,7 +144,7 @@ def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 
     seed_everything(seed)
     mean, std = channel_stats(train.images)
     norm = Normalise(mean, std).to(dev)
-    model = UNet(width).to(dev)
+    model = UNet(width).to(dev).to(memory_format=torch.channels_last)  # as the classifiers
     x, y = to_tensor(train.images, dev), torch.from_numpy(np.ascontiguousarray(train.masks)).to(dev)
     steps = math.ceil(len(x) / batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -160,7 +160,7 @@ def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 
             idx = perm[s * batch_size:(s + 1) * batch_size]
             xb, yb = augment_batch(x[idx].float() / 255, aug_gen, y[idx].float()[:, None])
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):  # as the classifiers
-                logits = model(norm(xb))
+                logits = model(norm(xb).contiguous(memory_format=torch.channels_last))
             loss = segmentation_loss(logits.float(), yb[:, 0])
             opt.zero_grad(set_to_none=True)
             loss.backward()
