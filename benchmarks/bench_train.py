@@ -6,7 +6,7 @@ device; the bare loop is also timed in the default (NCHW) layout, so the choice 
 ``unet`` is the segmentation network of notebooks 05 and 07 (``--unet-width``, segmentation loss).
 
     python benchmarks/bench_train.py [--archs small_cnn resnet18 unet] [--size 128] [--batch 32] [--steps 20]
-                                     [--unet-width 8] [--device auto]
+                                     [--unet-width 8] [--threads T] [--device auto]
 """
 
 import argparse
@@ -25,8 +25,11 @@ ap.add_argument("--size", type=int, default=128)
 ap.add_argument("--batch", type=int, default=32)
 ap.add_argument("--steps", type=int, default=20)
 ap.add_argument("--unet-width", type=int, default=8)
+ap.add_argument("--threads", type=int, help="torch threads (default: as torch starts; 06's workers use one)")
 ap.add_argument("--device", default="auto")
 args = ap.parse_args()
+if args.threads:
+    torch.set_num_threads(args.threads)
 dev = resolve_device(args.device)
 name = device_name(dev)
 ds = data.generate_synthetic(n_patients=30, size=args.size, seed=0)
