@@ -73,10 +73,18 @@ class _Classifier(nn.Module):
 
 def minmax(cam: torch.Tensor) -> torch.Tensor:
     """Per-image min-max to [0, 1] over the last two axes (pytorch-grad-cam's scale_cam_image); zeros stay zeros."""
-    flat = cam.flatten(-2)
-    lo = flat.min(-1).values[..., None, None]
-    cam = cam - lo
-    return cam / (1e-7 + cam.flatten(-2).max(-1).values[..., None, None])
+    lo, hi = _extremes(cam)
+    return (cam - lo) / (1e-7 + (hi - lo))
+
+
+def _extremes(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each map's min and max over the last two axes, kept as 1 x 1 axes for broadcasting.
+
+    ``amin`` and ``amax`` apart: on the CPU ``torch.aminmax`` over a row takes several times as
+    long as both of them (torch 2.14), and it sits on the heatmaps' hot path.
+    """
+    flat = maps.flatten(-2)
+    return flat.amin(-1)[..., None, None], flat.amax(-1)[..., None, None]
 
 
 def bilinear_resize(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -87,6 +95,32 @@ def bilinear_resize(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
+def _interpolation_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """n_out x n_in weights of 1-D bilinear resizing with half-pixel centres, as ``F.interpolate`` computes it."""
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
+    i0 = src.floor().long().clamp_max(n_in - 1)
+    i1 = (i0 + 1).clamp_max(n_in - 1)
+    frac = src - i0
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    m.index_put_((rows, i0), 1 - frac, accumulate=True)
+    m.index_put_((rows, i1), frac, accumulate=True)
+    return m.to(like)
+
+
+def separable_resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """... x h x w maps bilinearly resized to ``size`` (as ``F.interpolate``, align_corners=False) by two matrix products.
+
+    Bilinear resizing is separable, rows then columns; as matrix products it runs at the
+    speed of a GEMM, faster than ``F.interpolate`` for stacks of heatmaps on the CPU (the more
+    so the smaller the map), and equal to it within float rounding.
+    """
+    h, w = maps.shape[-2:]
+    if (h, w) == tuple(size):
+        return maps
+    return _interpolation_matrix(h, size[0], maps) @ maps @ _interpolation_matrix(w, size[1], maps).T
+
+
 # ------------------------------------------------------------------ fast path
 
 
@@ -95,36 +129,47 @@ def _cams_from(methods: Sequence[str], a: torch.Tensor, g: torch.Tensor) -> dict
 
     HiResCAM's g * a gives XGradCAM its weights; LayerCAM and GradCAM++ share relu(g); XGradCAM and
     GradCAM++ share the activations' sums. Every method of the form sum_c w_c a_c (GradCAM,
-    XGradCAM, GradCAM++) is one batched product with the stacked channel weights.
+    XGradCAM, GradCAM++) is one batched matrix product with the stacked channel weights.
+
+    The work runs on N x H x W x C views, the memory order of channels-last activations: a
+    per-channel weight of shape N x C x 1 x 1 broadcast against a channels-last map gives a
+    result in the other layout, and every later element-wise op then strides across both
+    (GradCAM++ at the small CNN's early block took several times as long).
     """
     need = set(methods)
     unknown = need - set(FAST_METHODS)
     if unknown:
         raise CamError(f"{sorted(unknown)[0]!r} is not a gradient method; gradient methods: {', '.join(FAST_METHODS)}")
+    a, g = a.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1)
+    n, h, w, c = a.shape
     out: dict[str, torch.Tensor] = {}
     weights: dict[str, torch.Tensor] = {}
     if need & {"hirescam", "xgradcam"}:
         ga = g * a
         if "hirescam" in need:
-            out["hirescam"] = ga.sum(1)
+            out["hirescam"] = ga.sum(-1)
     if need & {"xgradcam", "gradcam++"}:
-        sum_a = a.sum((2, 3), keepdim=True)
+        sum_a = a.sum((1, 2))
     if "gradcam" in need:
-        weights["gradcam"] = g.mean((2, 3))
+        weights["gradcam"] = g.mean((1, 2))
     if "xgradcam" in need:  # sum(g a / S) = sum(g a) / S: one pass over the channels' maps less
-        weights["xgradcam"] = ga.sum((2, 3)) / (sum_a[:, :, 0, 0] + 1e-7)
+        weights["xgradcam"] = ga.sum((1, 2)) / (sum_a + 1e-7)
     if need & {"layercam", "gradcam++"}:
         g_pos = g.clamp_min(0)
         if "layercam" in need:
-            out["layercam"] = (g_pos * a).sum(1)
+            out["layercam"] = (g_pos * a).sum(-1)
     if "gradcam++" in need:
-        # alpha = g^2 / (2 g^2 + S g^3) where g != 0, else 0; it only ever meets relu(g), which is 0
-        # wherever g is, and the 1e-6 keeps alpha finite there, so no mask is needed
-        g2 = g * g
-        weights["gradcam++"] = (g_pos * g2 / (g2 * (2 + sum_a * g) + 1e-6)).sum((2, 3))
+        # the library's alpha is g^2 / (2 g^2 + S g^3) where g != 0, else 0, and it only meets
+        # relu(g); with u = relu(g) the weight is sum u^3 / (u^2 (2 + S u) + 1e-6), equal to it
+        # wherever g > 0 and 0 elsewhere, computed in place on two buffers
+        u2 = g_pos * g_pos
+        den = torch.addcmul(a.new_tensor(2.0), g_pos, sum_a[:, None, None, :])
+        torch.addcmul(a.new_tensor(1e-6), u2, den, out=den)
+        weights["gradcam++"] = u2.mul_(g_pos).div_(den).sum((1, 2))
     if weights:
-        maps = torch.einsum("nkc,nchw->nkhw", torch.stack(list(weights.values()), 1), a)
-        out.update((m, maps[:, i]) for i, m in enumerate(weights))
+        stacked = torch.stack(list(weights.values()), 2)  # N x C x K
+        maps = torch.bmm(a.reshape(n, h * w, c), stacked).view(n, h, w, -1)
+        out.update((m, maps[..., i]) for i, m in enumerate(weights))
     return out
 
 
@@ -162,7 +207,7 @@ Request = tuple[str, tuple[str, ...], str]  # (method, layer names, fusion)
 
 def many_cams(
     model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor, requests: Sequence[Request],
-    target: int = TUMOUR, seed: int = 0, offset: int = 0, score_batch: int = 64,
+    target: int = TUMOUR, seed: int = 0, offset: int = 0, score_batch: int | None = None,
 ) -> tuple[dict[Request, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """Every requested (method, layers, fusion) map of a batch from one forward and one backward pass.
 
@@ -198,37 +243,62 @@ def many_cams(
         are clamped, measured and resized together.
         """
         cams_ = cams_.clamp_min(0)
-        lo, hi = torch.aminmax(cams_.flatten(-2), dim=-1)
-        raw = cams_ if tuple(cams_.shape[-2:]) == size else F.interpolate(cams_, size=size, mode="bilinear",
-                                                                          align_corners=False)
-        return raw, lo[..., None, None], (hi - lo)[..., None, None]
+        lo, hi = _extremes(cams_)
+        return separable_resize(cams_, size), lo, hi - lo
 
-    per_layer: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    def closed_form(raw: torch.Tensor, rng_: torch.Tensor) -> torch.Tensor:
+        """minmax(resize(minmax(cam))), a single layer's heatmap, from its raw map and its range before resizing.
+
+        With rmin, rmax the full-size map's extremes it is (raw - rmin) / (rmax - rmin + 1e-7 (1e-7
+        + range)): one pass over the full-size map instead of two normalisations.
+        """
+        rmin, rmax = _extremes(raw)
+        return (raw - rmin).div_(rmax - rmin + 1e-7 * (1e-7 + rng_))
+
+    # a layer's maps are computed, resized and normalised as one N x K stack (K = 1 for EigenCAM
+    # and ScoreCAM, every gradient method asked for at that layer otherwise); requests take views
+    stacks: dict[object, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    member: dict[tuple[str, str], tuple[object, int]] = {}
+    single: dict[object, torch.Tensor] = {}
     gradient_methods = {n: list(dict.fromkeys(m for m, names, _ in requests if m in FAST_METHODS and n in names))
                         for n in used}
 
-    def layer_map(method: str, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if (method, name) not in per_layer:
+    def stack_of(method: str, name: str) -> tuple[object, int]:
+        if (method, name) not in member:
             a = acts[name]
             if method in FAST_METHODS:  # every gradient method asked for at this layer, at once
                 group = gradient_methods[name]
                 maps = _cams_from(group, a, grads[name])
-                raw, lo, rng_ = scaled(torch.stack([maps[m] for m in group], 1))
-                for i, m in enumerate(group):
-                    per_layer[(m, name)] = (raw[:, i], lo[:, i], rng_[:, i])
-                return per_layer[(method, name)]
-            if method == "eigencam":
-                cam = eigen_projection(a)
-            else:  # scorecam
-                w = score_weights(model, x, a, target, score_batch)
-                cam = (w[:, :, None, None] * a).sum(1)
-            raw, lo, rng_ = scaled(cam[:, None])
-            per_layer[(method, name)] = (raw[:, 0], lo[:, 0], rng_[:, 0])
-        return per_layer[(method, name)]
+                stacks[name] = scaled(torch.stack([maps[m] for m in group], 1))
+                member.update(((m, name), (name, i)) for i, m in enumerate(group))
+            else:
+                if method == "eigencam":
+                    cam = eigen_projection(a)
+                else:  # scorecam
+                    w = score_weights(model, x, a, target, score_batch)
+                    cam = (w[:, :, None, None] * a).sum(1)
+                stacks[(method, name)] = scaled(cam[:, None])
+                member[(method, name)] = ((method, name), 0)
+        return member[(method, name)]
+
+    def layer_map(method: str, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        key, i = stack_of(method, name)
+        return tuple(t[:, i] for t in stacks[key])
+
+    def single_layer(method: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The request (method, (name,), 'mean'), computed for the layer's whole stack at once."""
+        key, i = stack_of(method, name)
+        raw, _, rng_ = stacks[key]
+        if key not in single:
+            single[key] = closed_form(raw, rng_)
+        return single[key][:, i], raw[:, i]
 
     out = {}
     for req in requests:
         method, names, fuse = req
+        if method != "randomcam" and len(names) == 1 and fuse == "mean":
+            out[req] = single_layer(method, names[0])
+            continue
         if method == "randomcam":
             rng = np.random.RandomState([seed, offset])  # what np.random.seed([seed, offset]) sets up
             maps = []
@@ -239,13 +309,9 @@ def many_cams(
                 maps.append((raw[:, 0], lo[:, 0], rng_[:, 0]))
         else:
             maps = [layer_map(method, name) for name in names]
-        if len(maps) == 1 and fuse == "mean":
-            # minmax(resize(minmax(cam))) in closed form: with rmin, rmax the full-size map's
-            # extremes it is (raw - rmin) / (rmax - rmin + 1e-7 (1e-7 + range)), one pass
+        if len(maps) == 1 and fuse == "mean":  # RandomCAM at one layer
             raw, _, rng_ = maps[0]
-            rmin, rmax = torch.aminmax(raw.flatten(-2), dim=-1)
-            rmin, rmax = rmin[:, None, None], rmax[:, None, None]
-            out[req] = ((raw - rmin) / (rmax - rmin + 1e-7 * (1e-7 + rng_)), raw)
+            out[req] = (closed_form(raw, rng_), raw)
             continue
         scaled_maps = [(r - lo) / (1e-7 + rng_) for r, lo, rng_ in maps]
         raws = [r for r, _, _ in maps]
@@ -261,7 +327,7 @@ def many_cams(
 
 def fast_cams(
     model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor, method: str, fuse: str = "mean",
-    target: int = TUMOUR, seed: int = 0, offset: int = 0, score_batch: int = 64,
+    target: int = TUMOUR, seed: int = 0, offset: int = 0, score_batch: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batched heatmaps of one method on x's device: (heatmap in [0, 1], raw map, logits), each N x H x W (logits N x 2).
 

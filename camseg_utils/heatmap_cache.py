@@ -24,6 +24,7 @@ from .baselines import random_heatmaps, sobel_heatmaps
 from .cam_library import library_cams
 from .cams import BASELINES, FUSIONS, SEEDED, CamError, _Classifier, check_method, many_cams, parse_layers
 from .device import to_tensor
+from .gradient_free import score_batch as default_score_batch
 from .io import UnreadableFileError, arrays_digest, file_sha256, load_torch, read_json, write_json
 from .models import get_layer
 from .train import RETRAIN, load_classifier
@@ -116,8 +117,7 @@ def compute_keys(
     net = _Classifier(model, norm).eval()
     modules = {name: get_layer(model, arch, name) for spec in names.values() for name in spec}
     device = next(model.parameters()).device
-    # ScoreCAM's inner batch of masked images: larger on a GPU, where small batches waste it
-    score_batch = 256 if device.type == "cuda" else 64
+    score_batch = default_score_batch(device)  # ScoreCAM's inner batch of masked images
     what = ", ".join(dict.fromkeys(k[0] for k in cam_keys))
     for i in tqdm(range(0, n, batch_size), desc=f"{what} @ {', '.join(names)}", disable=not progress, leave=False):
         xb = (to_tensor(np.asarray(images[i:i + batch_size]), device).float() / 255).contiguous(

@@ -34,6 +34,14 @@ def test_fast_path_reproduces_the_library(arch, layers, fuse):
         assert h_fast.min() >= 0 and h_fast.max() <= 1 + 1e-6
 
 
+@pytest.mark.parametrize("src,dst", [((16, 16), (128, 128)), ((7, 5), (64, 48)), ((40, 30), (25, 61)), ((8, 8), (8, 8))])
+def test_separable_resize_is_torch_bilinear(src, dst):
+    maps = torch.rand(3, 4, *src, generator=torch.Generator().manual_seed(0))
+    ref = torch.nn.functional.interpolate(maps, size=dst, mode="bilinear", align_corners=False)
+    # torch places non-integer scales' sample points in float32, the matrices in float64
+    assert torch.allclose(cams.separable_resize(maps, dst), ref, atol=1e-5)
+
+
 def test_fast_path_does_not_touch_weight_gradients():
     m, net = _net("small_cnn")
     cams.fast_cams(net, [models.get_layer(m, "small_cnn", "last")], torch.rand(2, 3, 32, 32), "gradcam")
@@ -186,6 +194,24 @@ def test_principal_directions_orient_as_the_full_svd(shape):
     for k in range(len(m)):
         ref = np.linalg.svd(m[k], full_matrices=True)[2][0]
         assert np.dot(v[k], ref) > 1 - 1e-4, k  # same direction and the same sign
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_eigencam_orients_as_the_library_on_rank_deficient_activations(layout):
+    """A dead channel leaves each image's centred activations rank-deficient, and their orientation
+    then hangs on last digits (the means the library centres by, the LAPACK of the QR factor):
+    the maps must still be the library's, in either memory layout."""
+    torch.manual_seed(0)
+    m = models.build_model("small_cnn").eval().to(memory_format=layout)
+    with torch.no_grad():
+        m.block2[0].weight[21] = 0
+        m.block2[1].bias[21] = -1  # after batch norm and ReLU: an all-zero channel
+    net = cams._Classifier(m, train.Normalise([0.5] * 3, [0.25] * 3)).eval()
+    x = torch.rand(4, 3, 128, 128, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=layout)
+    target = [models.get_layer(m, "small_cnn", "early")]
+    fast = cams.fast_cams(net, target, x, "eigencam")[0].numpy()
+    lib = cam_library.library_cams(net, target, x, "eigencam")[0]
+    assert np.abs(fast - lib).reshape(len(x), -1).max(1).tolist() == pytest.approx([0] * len(x), abs=1e-3)
 
 
 def _trained(tmp_path):
