@@ -11,9 +11,12 @@ what the folds measured on their test patients and scores the stack as one test 
 - segmentation (05): mean-Dice and patient Dice with patient-bootstrap CIs of each fold's CAM setting
   chosen on its validation split, its best setting without refinement, its random heatmap and its
   U-Net, from the per-slice counts ``metrics/05_test_counts.csv`` (:mod:`camseg_utils.paired`);
-- paired comparisons (05): each comparison of 05's table (chosen CAM vs random heatmap, U-Net vs CAM,
-  guided vs none, one layer vs another) pooled the same way, a difference per patient over every
-  fold that made it, with its bootstrap CI and Wilcoxon p-value;
+- weakly supervised segmentation (07), where the folds ran it: the U-Net trained on each fold's CAM
+  pseudo-masks and its random-heatmap control, the same way, from ``metrics/07_test_counts.csv``;
+- paired comparisons (05, 07): each comparison of 05's and 07's tables (chosen CAM vs random heatmap,
+  U-Net vs CAM, guided vs none, one layer vs another, pseudo-label U-Net vs its CAM masks, ...) pooled
+  the same way, a difference per patient over every fold that made it, with its bootstrap CI and
+  Wilcoxon p-value;
 - per fold: its test patients, the setting it chose and its headline numbers; and every number of
   :mod:`camseg_utils.aggregate` (06's readings included) as mean ± sd over folds.
 
@@ -35,8 +38,11 @@ from . import paired
 from .classification import classification_metrics
 from .formatting import interval, markdown_table, num, p_value
 from .io import UnreadableFileError, atomic_path, read_json, write_json
+from .pseudo_study import CONTROL, PAIRED_TABLE, PSEUDO
 
 ROLES = ("CAM setting chosen on validation", "best CAM setting without refinement", "random heatmap", "U-Net")
+# 07's masks pooled beside 05's: role -> its name in 07_test_counts.csv (07's CAM masks and U-Net are 05's)
+PSEUDO_ROLES = {"U-Net on CAM pseudo-masks (07)": PSEUDO, "U-Net on random-heatmap pseudo-masks (07)": CONTROL}
 
 
 class CrossvalError(ValueError):
@@ -82,6 +88,19 @@ def pooled_counts(folders: dict[int, Path]) -> tuple[pd.DataFrame, list[tuple[st
     """Every fold's counts relabelled by role (and by comparison: '<comparison>: a' / ': b'), stacked;
     the comparisons to pool as (label, a, b); the folds that had 05's outputs."""
     parts, pairs, used, seen = [], {}, [], {}
+
+    def add(fold: int, counts: pd.DataFrame, counts_p: Path, record_p: Path, relabel: list[tuple[str, str]],
+            comparisons: list[dict]) -> None:
+        for r in comparisons:
+            label = r["comparison"]
+            pairs[label] = (label, f"{label}: a", f"{label}: b")
+            relabel += [(f"{label}: a", r["a"]), (f"{label}: b", r["b"])]
+        for new, name in dict(relabel).items():
+            part = counts[counts.setting == name]
+            if part.empty:
+                raise CrossvalError(f"{counts_p} has no counts for {name!r}, which {record_p} names")
+            parts.append(part.assign(setting=new, fold=fold))
+
     for fold, folder in folders.items():
         dice_p, counts_p = folder / "metrics" / "05_dice.json", folder / "metrics" / "05_test_counts.csv"
         if not (dice_p.exists() and counts_p.exists()):
@@ -92,17 +111,15 @@ def pooled_counts(folders: dict[int, Path]) -> tuple[pd.DataFrame, list[tuple[st
                 raise CrossvalError(f"patient {patient} is a test patient of fold {seen[patient]} and of fold {fold}: "
                                     f"these are not folds of one cross-validation")
             seen[patient] = fold
-        relabel = [(role, name) for role, name in roles(dice).items()]
-        for r in (dice.get("tables") or {}).get("Paired comparisons (test split, a - b per patient)", []):
-            label = r["comparison"]
-            pairs[label] = (label, f"{label}: a", f"{label}: b")
-            relabel += [(f"{label}: a", r["a"]), (f"{label}: b", r["b"])]
-        for new, name in dict(relabel).items():
-            part = counts[counts.setting == name]
-            if part.empty:
-                raise CrossvalError(f"{counts_p} has no counts for {name!r}, which {dice_p} names")
-            parts.append(part.assign(setting=new, fold=fold))
+        add(fold, counts, counts_p, dice_p, list(roles(dice).items()),
+            (dice.get("tables") or {}).get("Paired comparisons (test split, a - b per patient)", []))
         used.append(fold)
+        pseudo_p, counts7_p = folder / "metrics" / "07_pseudo_labels.json", folder / "metrics" / "07_test_counts.csv"
+        if pseudo_p.exists() and counts7_p.exists():
+            pseudo, counts7 = _read(pseudo_p, "pseudo-label record"), _read(counts7_p, "per-slice counts of 07")
+            present = set(counts7.setting)
+            add(fold, counts7, counts7_p, pseudo_p, [(role, name) for role, name in PSEUDO_ROLES.items() if name in present],
+                (pseudo.get("tables") or {}).get(PAIRED_TABLE, []))
     counts = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=paired.COUNT_COLUMNS + ["fold"])
     return counts, list(pairs.values()), used
 
@@ -144,6 +161,9 @@ def per_fold(folders: dict[int, Path]) -> list[dict]:
             row["CAM mean-Dice"], row["CAM patient Dice"] = best.get("mean_dice"), best.get("patient_dice")
             row["U-Net mean-Dice"] = (dice.get("unet") or {}).get("mean_dice")
             row["random mean-Dice"] = (dice.get("random_baseline") or {}).get("mean_dice")
+        d7 = folder / "metrics" / "07_pseudo_labels.json"
+        if d7.exists():
+            row["pseudo-label U-Net mean-Dice"] = (_read(d7, "pseudo-label record").get("pseudo") or {}).get("mean_dice")
         rows.append(row)
     return rows
 
@@ -154,7 +174,7 @@ def crossval(folders: dict[int, Path], n_boot: int = 1000, seed: int = 0,
     :func:`.aggregate.load_seed_metrics`, when the caller has read them already."""
     counts, pairs, used = pooled_counts(folders)
     segmentation = [dict(paired.scores(counts, role, n_boot, seed), folds=int(counts[counts.setting == role].fold.nunique()))
-                    for role in ROLES if (counts.setting == role).any()]
+                    for role in (*ROLES, *PSEUDO_ROLES) if (counts.setting == role).any()]
     comparisons = paired.compare(counts, pairs, n_boot, seed) if pairs else pd.DataFrame()
     if len(comparisons):
         comparisons["folds"] = [int(counts[counts.setting == a].fold.nunique()) for a in comparisons.a]
@@ -188,12 +208,12 @@ def markdown(cv: dict, title: str = "", source: str = "") -> str:
             [[c["arch"], str(c["folds"]), str(c["patients"]), str(c["n"])] + [_f(c[k]) for k in
              ("auc", "accuracy", "sensitivity", "specificity")] for c in cv["classifiers"]]))
     if cv["segmentation"]:
-        parts.append("\n## Segmentation (05), pooled test patients\n\n" + t(
+        parts.append("\n## Segmentation (05, 07), pooled test patients\n\n" + t(
             ["masks", "folds", "patients", "mean-Dice [95 % CI]", "patient Dice [95 % CI]"],
             [[s["setting"], str(s["folds"]), str(s["patients"]), _ci(s["mean_dice"], s["mean_dice_ci"]),
               _ci(s["patient_dice"], s["patient_dice_ci"])] for s in cv["segmentation"]]))
     if cv["paired"]:
-        parts.append("\n## Paired comparisons (05), pooled: a - b per test patient\n\n"
+        parts.append("\n## Paired comparisons (05, 07), pooled: a - b per test patient\n\n"
                      "a and b are each fold's own settings for the comparison (its chosen CAM, random heatmap, U-Net, "
                      "...). p: Wilcoxon signed-rank test of the per-patient differences.\n\n" + t(
                          ["comparison", "metric", "folds", "patients", "a", "b", "a - b [95 % CI]", "p",

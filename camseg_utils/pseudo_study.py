@@ -223,18 +223,26 @@ def results_table(study: PseudoStudy) -> pd.DataFrame:
     return pd.DataFrame(rows).reindex(columns=COLUMNS)
 
 
-def paired_comparisons(study: PseudoStudy, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """The pseudo-label U-Net against the CAM masks it learned from, the supervised U-Net and its random-heatmap
-    control, as differences per test patient with patient-bootstrap CIs (:mod:`.paired`); a comparison whose
-    masks the study lacks (no control) is left out."""
+def test_counts(study: PseudoStudy) -> pd.DataFrame:
+    """Per-slice counts (:mod:`.paired`) of the test masks 07 compares: the pseudo-label U-Net, the CAM masks
+    it learned from, 05's supervised U-Net and the random-heatmap control (when the study has one).
+
+    07 writes them to ``metrics/07_test_counts.csv``; a cross-validation pools them over folds
+    (:mod:`.crossval`) as it pools 05's."""
     masks = {PSEUDO: study.sources["cam"].unet.masks, CAM_MASKS: study.extra_masks.get("cam"),
              UNET: study.extra_masks.get("unet")}
     if "random" in study.sources:
         masks[CONTROL] = study.sources["random"].unet.masks
     m, test = study.test.part.manifest, study.test
     slices = m["case"].astype(str) + ":" + m["slice"].astype(str)
-    counts = pd.concat([paired.slice_counts(v, test.gt, test.patients, slices, k) for k, v in masks.items()
-                        if v is not None], ignore_index=True)
+    return pd.concat([paired.slice_counts(v, test.gt, test.patients, slices, k) for k, v in masks.items()
+                      if v is not None], ignore_index=True)
+
+
+def paired_comparisons(counts: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """The pseudo-label U-Net against the CAM masks it learned from, the supervised U-Net and its random-heatmap
+    control, as differences per test patient with patient-bootstrap CIs (:mod:`.paired`), from
+    :func:`test_counts`; a comparison whose masks the study lacks (no control) is left out."""
     have = set(counts.setting)
     return paired.compare(counts, [p for p in PAIRS if {p[1], p[2]} <= have], n_boot, seed)
 

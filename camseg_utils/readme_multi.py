@@ -22,7 +22,9 @@ SEED_SECTIONS = ("classifiers", "segmentation", "paired")
 # crossval's pooled roles -> the aggregate's names of the same masks (numbers over folds)
 ROLE_NAMES = {"CAM setting chosen on validation": "best CAM setting (chosen on validation)",
               "best CAM setting without refinement": "best CAM setting without refinement",
-              "U-Net": "U-Net, supervised (reference)", "random heatmap": "random heatmap (baseline)"}
+              "U-Net": "U-Net, supervised (reference)", "random heatmap": "random heatmap (baseline)",
+              "U-Net on CAM pseudo-masks (07)": "U-Net on CAM pseudo-masks (weakly supervised)",
+              "U-Net on random-heatmap pseudo-masks (07)": "U-Net on random-heatmap masks (control)"}
 
 
 def _folders(run_dir: Path, prefix: str) -> dict[int, Path]:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from camseg_utils import crossval, data, evaluate, paired, pipeline, readme_multi, readme_tables, workers
+from camseg_utils import crossval, data, evaluate, paired, pipeline, pseudo_study, readme_multi, readme_tables, workers
 from camseg_utils.params import default_notebook_dir, load_preset
 
 THREADS = max(1, workers.cores() // 2)
@@ -99,7 +99,36 @@ def test_pooled_numbers_equal_a_hand_computation_from_the_fold_files(cv):
                 ["Classifiers (test split)"][0]["test_auc"] for f in (0, 1)]
     assert auc["mean"] == pytest.approx(statistics.mean(fold_auc)) and auc["sd"] == pytest.approx(statistics.stdev(fold_auc))
     md = (cv / "crossval.md").read_text()
-    assert "Paired comparisons (05), pooled" in md and "| fold |" in md and "mean ± sd" in md
+    assert "Paired comparisons (05, 07), pooled" in md and "| fold |" in md and "mean ± sd" in md
+
+
+def test_07_is_pooled_over_folds_beside_05(smoke_run, tmp_path):
+    """Two folds that are one smoke run under two sets of patient names: pooled, 07's networks and paired
+    differences are the run's own numbers, over twice the patients."""
+    run_dir, _ = smoke_run
+    for fold, prefix in ((0, ""), (1, "copy-")):
+        metrics = tmp_path / "cv" / f"fold-{fold}" / "metrics"
+        metrics.mkdir(parents=True)
+        for name in ("05_dice.json", "07_pseudo_labels.json"):
+            shutil.copy(run_dir / "metrics" / name, metrics / name)
+        for name in ("05_test_counts.csv", "07_test_counts.csv"):
+            counts = pd.read_csv(run_dir / "metrics" / name)
+            counts.assign(patient=prefix + counts.patient.astype(str)).to_csv(metrics / name, index=False)
+    cvj = crossval.crossval(crossval.fold_folders(tmp_path / "cv"), n_boot=50)
+    seg = {s["setting"]: s for s in cvj["segmentation"]}
+    record = json.loads((run_dir / "metrics" / "07_pseudo_labels.json").read_text())
+    n = pd.read_csv(run_dir / "metrics" / "07_test_counts.csv").patient.nunique()
+    for role, entry in (("U-Net on CAM pseudo-masks (07)", "pseudo"), ("U-Net on random-heatmap pseudo-masks (07)", "control")):
+        for key in ("mean_dice", "patient_dice"):
+            assert seg[role][key] == pytest.approx(record[entry][key]), (role, key)
+        assert seg[role]["folds"] == 2 and seg[role]["patients"] == 2 * n
+    pooled = {(r["comparison"], r["metric"]): r for r in cvj["paired"]}
+    own = record["tables"][pseudo_study.PAIRED_TABLE]
+    assert own
+    for r in own:
+        assert pooled[(r["comparison"], r["metric"])]["difference"] == pytest.approx(r["difference"]), r["comparison"]
+    assert [r["pseudo-label U-Net mean-Dice"] for r in cvj["per_fold"]] == [record["pseudo"]["mean_dice"]] * 2
+    assert "U-Net on CAM pseudo-masks (07)" in crossval.markdown(cvj, "two copies")
 
 
 def test_a_second_run_resumes_and_folds_side_by_side_split_as_one_by_one(cv, small, tmp_path, capsys):

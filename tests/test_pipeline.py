@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from camseg_utils import paired, pipeline, report
+from camseg_utils import paired, pipeline, pseudo_study, report
 from camseg_utils.io import file_sha256
 
 
@@ -89,6 +89,10 @@ def _check_pseudo_labels(run_dir, dice):
     assert rows["CAM masks it learned from (05)"]["mean_dice"] == dice["best_cam"]["mean_dice"]
     assert rows["U-Net, supervised (05)"]["patient_dice"] == dice["unet"]["patient_dice"]
     assert rows["U-Net on random-heatmap masks (control)"]["mean_dice"] == weak["control"]["mean_dice"]
+    # the per-slice counts 07 wrote (pooled by a cross-validation) give its numbers back
+    counts = pd.read_csv(run_dir / "metrics" / "07_test_counts.csv")
+    assert paired.scores(counts, pseudo_study.PSEUDO)["patient_dice"] == pytest.approx(weak["pseudo"]["patient_dice"])
+    assert paired.scores(counts, pseudo_study.CONTROL)["mean_dice"] == pytest.approx(weak["control"]["mean_dice"])
     grid = pd.DataFrame(weak["val_grid"])
     cam, ctrl = grid[grid.source == "cam"], grid[grid.source == "random"]
     knobs = pipeline.load_preset("smoke")["notebooks"]["07_pseudo_labels"]
