@@ -163,7 +163,7 @@ def test_a_corrupt_checkpoint_names_the_file_and_force_retrains_it(smoke_run, tm
     with pytest.raises(UnreadableFileError, match=r"classifier checkpoint .*best.pt is unreadable.*--from 02_train"):
         train.load_classifier(ckpt)
     code = pipeline.main(["--preset", "smoke", "--run-dir", str(copy), "--figures-dir", str(tmp_path / "f"),
-                          "--force", "--to", "02_train"])
+                          "--force", "--from", "02_train", "--to", "02_train"])
     assert code == 0, capsys.readouterr().err
     model, _, meta = train.load_classifier(ckpt)
     assert meta["arch"] == "small_cnn" and len(meta["history"]) == 2
