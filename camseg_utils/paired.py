@@ -15,7 +15,7 @@ cross-validation) can be stacked and scored as one.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,16 @@ def slice_counts(masks: np.ndarray, gt: np.ndarray, patients: Sequence, slices: 
     flat_m, flat_g = masks.reshape(len(masks), -1), gt.reshape(len(gt), -1)
     return pd.DataFrame({"setting": setting, "patient": np.asarray(patients), "slice": np.asarray(slices),
                          "inter": (flat_m & flat_g).sum(1), "pred": flat_m.sum(1), "gt": flat_g.sum(1)})
+
+
+def split_counts(masks: Mapping[str, np.ndarray | None], split) -> pd.DataFrame:
+    """:func:`slice_counts` of several settings' masks on one split (anything with ``part.manifest``, ``gt`` and
+    ``patients``, as 05's and 07's test splits), stacked in the mapping's order; a setting without masks is
+    left out. Slices are named ``case:slice``."""
+    m = split.part.manifest
+    slices = m["case"].astype(str) + ":" + m["slice"].astype(str)
+    return pd.concat([slice_counts(v, split.gt, split.patients, slices, name) for name, v in masks.items()
+                      if v is not None], ignore_index=True)
 
 
 def _setting(counts: pd.DataFrame, name: str) -> pd.DataFrame:

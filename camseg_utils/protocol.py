@@ -241,13 +241,9 @@ def patient_frames(study: CamStudy, unet: UnetStudy, test: Split) -> pd.DataFram
 
 def test_counts(study: CamStudy, unet: UnetStudy, test: Split) -> pd.DataFrame:
     """Per-slice counts (:mod:`.paired`) of every chosen setting's test masks and of the U-Net's."""
-    m = test.part.manifest
-    slices = m["case"].astype(str) + ":" + m["slice"].astype(str)
-    parts = [paired.slice_counts(masks, test.gt, test.patients, slices,
-                                 paired.setting_name(arch, mth, layer, kind, mth in cams.BASELINES))
-             for (arch, mth, layer, kind), masks in study.masks.items()]
-    return pd.concat(parts + [paired.slice_counts(unet.masks, test.gt, test.patients, slices, "U-Net")],
-                     ignore_index=True)
+    masks = {paired.setting_name(arch, mth, layer, kind, mth in cams.BASELINES): m
+             for (arch, mth, layer, kind), m in study.masks.items()}
+    return paired.split_counts({**masks, "U-Net": unet.masks}, test)
 
 
 def paired_comparisons(counts: pd.DataFrame, results: pd.DataFrame, select_by: str = "mean_dice", n_boot: int = 1000,

@@ -233,10 +233,7 @@ def test_counts(study: PseudoStudy) -> pd.DataFrame:
              UNET: study.extra_masks.get("unet")}
     if "random" in study.sources:
         masks[CONTROL] = study.sources["random"].unet.masks
-    m, test = study.test.part.manifest, study.test
-    slices = m["case"].astype(str) + ":" + m["slice"].astype(str)
-    return pd.concat([paired.slice_counts(v, test.gt, test.patients, slices, k) for k, v in masks.items()
-                      if v is not None], ignore_index=True)
+    return paired.split_counts(masks, study.test)
 
 
 def paired_comparisons(counts: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
