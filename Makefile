@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?= synthetic
+TEST_WORKERS ?= 2
 # torch is pinned to the release this project is tested with; on CPU-only machines any torch>=2.2 works
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
@@ -20,8 +21,9 @@ setup: $(VENV)/.installed
 reproduce: setup
 	$(PY) -m camseg_utils.pipeline --preset $(PRESET)
 
+# whole test modules side by side in TEST_WORKERS processes of one thread each (tests/conftest.py)
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: setup
 	$(VENV)/bin/ruff check camseg_utils tests benchmarks notebooks

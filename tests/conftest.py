@@ -6,6 +6,22 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One torch/BLAS thread for every test and every notebook kernel a test starts (set before torch is imported):
+# results move with the thread count, so the pinned numbers (test_regression.py) hold on any number of cores,
+# and `make test`'s side-by-side workers (pytest-xdist) each get a core instead of sharing every core.
+from camseg_utils.workers import THREAD_VARS  # noqa: E402  (imports no torch)
+
+os.environ.update({v: "1" for v in THREAD_VARS})
+# modules by their cost, the largest first: `make test` hands whole modules to its workers in this order
+# (--dist loadfile), so no worker is left with a long module at the end; the smoke run's first user leads
+SLOW_MODULES = ("test_trust.py", "test_presets_lgg.py", "test_folds.py", "test_seeds.py", "test_pipeline.py",
+                "test_cams.py", "test_retrain.py", "test_models_train.py", "test_data.py", "test_pseudo_labels.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order inside a module stays
+
 
 REPO = Path(__file__).resolve().parents[1]
 # the real LGG data: $CAMSEG_LGG_ROOT, else the copy beside the repository; tests that need it skip without it
@@ -47,6 +63,15 @@ def smoke_run(tmp_path_factory):
     Tests that change the run folder must work on a copy (shutil.copytree)."""
     from camseg_utils import pipeline
 
-    base = tmp_path_factory.mktemp("smoke")
-    run_dir = pipeline.run("smoke", run_dir=base / "run", figures_dir=base / "fig", progress=False)
-    return run_dir, base / "fig"
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        base = tmp_path_factory.mktemp("smoke")
+        return pipeline.run("smoke", run_dir=base / "run", figures_dir=base / "fig", progress=False), base / "fig"
+    # pytest-xdist workers (make test): the first to ask runs it in their shared temporary folder, the others wait
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp().parent / "smoke"
+    with FileLock(f"{base}.lock"):
+        if not (base / "done").exists():
+            pipeline.run("smoke", run_dir=base / "run", figures_dir=base / "fig", progress=False)
+            (base / "done").touch()
+    return base / "run", base / "fig"
