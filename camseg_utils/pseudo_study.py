@@ -146,9 +146,12 @@ def study_source(name: str, values: np.ndarray, masks: np.ndarray, images: np.nd
 
 def study_pseudo(run_dir: str | Path, grid: PseudoGrid, control: bool = True, batch_size: int = 32,
                  device: str = "auto", seed: int = 0, n_boot: int = 1000, resume: bool = True,
-                 progress: bool = True) -> PseudoStudy:
+                 progress: bool = True, models_dir: str | Path | None = None) -> PseudoStudy:
     """Notebook 07 on a run folder finished through 05: pseudo-masks of the training split from 05's chosen
-    CAM setting (and, with ``control``, from its random-heatmap setting), U-Nets trained on them, scored on test."""
+    CAM setting (and, with ``control``, from its random-heatmap setting), U-Nets trained on them, scored on test.
+
+    The networks go to ``models_dir`` (default ``run_dir/models/pseudo``; elsewhere leaves the run's own
+    untouched, as ``benchmarks/bench_pseudo.py`` does)."""
     run_dir = Path(run_dir)
     dice_path = run_dir / "metrics" / "05_dice.json"
     if not dice_path.is_file():
@@ -179,7 +182,7 @@ def study_pseudo(run_dir: str | Path, grid: PseudoGrid, control: bool = True, ba
         values, masks = setting_values(hm, setting, images, p_train, dev)
         g = grid if name == "cam" else replace(grid, bands=[sources["cam"].chosen["band"]],
                                                rounds=sources["cam"].chosen["round"])
-        s = study_source(name, values, masks, images, keep, va, run_dir / "models" / "pseudo", g,
+        s = study_source(name, values, masks, images, keep, va, Path(models_dir or run_dir / "models" / "pseudo"), g,
                          choose=name == "cam", predict_batch=batch_size, **train_kw)
         del values, masks
         net, norm, _ = load_network(s.chosen["network"], dev)

@@ -2,6 +2,7 @@
 arrays, and a study that reads no drawn mask of the training split."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -144,9 +145,12 @@ def test_training_masks_are_never_read(smoke_run, tmp_path):
     masks[train] = ~masks[train]  # every drawn training mask inverted; labels, images and other splits kept
     data.save_dataset(data.Dataset(ds.images, masks, ds.manifest), bad / "data")
     grid = pseudo_study.PseudoGrid(bands=[0.3], rounds=1, epochs=1, empty_share=0.1)  # few empty slices: fast
-    runs = [pseudo_study.study_pseudo(r, grid, control=False, device="cpu", n_boot=20, resume=False, progress=False)
-            for r in (clean, bad)]
+    elsewhere = tmp_path / "networks"  # the bad run's networks outside its folder (benchmarks/bench_pseudo.py)
+    runs = [pseudo_study.study_pseudo(r, grid, control=False, device="cpu", n_boot=20, resume=False, progress=False,
+                                      models_dir=d) for r, d in ((clean, None), (bad, elsewhere))]
     a, b = (s.sources["cam"] for s in runs)
+    assert all(Path(r["network"]).is_relative_to(elsewhere) for r in b.rows)
+    assert (clean / "models" / "pseudo").is_dir() and not (bad / "models" / "pseudo").exists()
     assert len(a.rows) == len(b.rows) == 2 and a.rows[0]["slices_with_tumour"] > 0.1
     assert 0 < a.rows[0]["ignored_pixels"] and 0 < a.rows[0]["tumour_pixels"]
     for ra, rb in zip(a.rows, b.rows):
