@@ -5,15 +5,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-os.environ.setdefault("MPLBACKEND", "Agg")
-# One torch/BLAS thread for every test and every notebook kernel a test starts (set before torch is imported):
-# results move with the thread count, so the pinned numbers (test_regression.py) hold on any number of cores,
-# and `make test`'s side-by-side workers (pytest-xdist) each get a core instead of sharing every core.
-from camseg_utils.workers import THREAD_VARS  # noqa: E402  (imports no torch)
+from camseg_utils.workers import THREAD_VARS  # imports no torch
 
+# One torch/BLAS thread for every test and every notebook kernel a test starts, set before torch is imported
+# (the seed and fold tests pass --threads of their own): results move with the thread count, so the pinned
+# numbers (test_regression.py) hold on any number of cores, and `make test`'s side-by-side workers
+# (pytest-xdist) each get a core instead of sharing every core.
 os.environ.update({v: "1" for v in THREAD_VARS})
+os.environ.setdefault("MPLBACKEND", "Agg")
 # modules by their cost, the largest first: `make test` hands whole modules to its workers in this order
-# (--dist loadfile), so no worker is left with a long module at the end; the smoke run's first user leads
+# (--dist loadfile --no-loadscope-reorder), so no worker is left with a long module at the end; the smoke
+# run's first user leads
 SLOW_MODULES = ("test_trust.py", "test_presets_lgg.py", "test_folds.py", "test_seeds.py", "test_pipeline.py",
                 "test_cams.py", "test_retrain.py", "test_models_train.py", "test_data.py", "test_pseudo_labels.py")
 
