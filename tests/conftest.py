@@ -1,3 +1,4 @@
+import contextlib
 import os
 from pathlib import Path
 
@@ -65,14 +66,15 @@ def smoke_run(tmp_path_factory):
     Tests that change the run folder must work on a copy (shutil.copytree)."""
     from camseg_utils import pipeline
 
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        base = tmp_path_factory.mktemp("smoke")
-        return pipeline.run("smoke", run_dir=base / "run", figures_dir=base / "fig", progress=False), base / "fig"
-    # pytest-xdist workers (make test): the first to ask runs it in their shared temporary folder, the others wait
-    from filelock import FileLock
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # pytest-xdist workers (make test): the first to ask runs it in their shared temporary folder, the others wait
+        from filelock import FileLock
 
-    base = tmp_path_factory.getbasetemp().parent / "smoke"
-    with FileLock(f"{base}.lock"):
+        base = tmp_path_factory.getbasetemp().parent / "smoke"
+        guard = FileLock(f"{base}.lock")
+    else:
+        base, guard = tmp_path_factory.mktemp("smoke"), contextlib.nullcontext()
+    with guard:
         if not (base / "done").exists():
             pipeline.run("smoke", run_dir=base / "run", figures_dir=base / "fig", progress=False)
             (base / "done").touch()

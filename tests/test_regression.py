@@ -3,7 +3,8 @@
 The values come from the smoke run on an x86-64 CPU (torch 2.14.1) at one thread, the count
 tests/conftest.py gives every test whatever the cores. The same seed on the same machine gives the
 same numbers; another CPU moves float sums in their last digits, which a 2-epoch classifier on 12
-synthetic patients can amplify, hence the tolerance. A deliberate change of method or defaults updates these values in the same commit.
+synthetic patients can amplify, hence the tolerance. A deliberate change of method or defaults
+updates these values in the same commit.
 """
 
 import json
