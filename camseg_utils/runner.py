@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import provenance as prov
@@ -31,7 +33,6 @@ from .records import changed_outputs, locked, outputs_since, read_record, stamp_
 from .report import write_report
 
 __all__ = ["stage_key", "run", "check_range"]
-
 
 
 # ---------------------------------------------------------------- stage keys
@@ -64,6 +65,38 @@ def _why_run(rec: dict | None, key: str, forced: str, out_nb: Path, run_dir: Pat
     if changed:
         return f"outputs changed since it ran: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}"
     return None
+
+
+# ------------------------------------------------------------------- kernels
+
+
+@contextmanager
+def kernel_manager():
+    """The kernel manager class for one stage's kernel (None: jupyter_client's default).
+
+    Over TCP, jupyter_client picks a free port, releases it and lets the kernel bind it: kernels started
+    at the same moment by parallel seed or fold runs can be handed the same port, and one dies before it
+    answers. Where Unix sockets exist the kernel talks over them instead, in a folder of its own, so two
+    kernels never share an address.
+    """
+    if os.name != "posix":
+        yield None
+        return
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    with tempfile.TemporaryDirectory(prefix="camseg-kernel-") as folder:
+
+        class SocketFileKernelManager(AsyncKernelManager):
+            @default("transport")
+            def _transport_default(self):
+                return "ipc"
+
+            @default("ip")
+            def _ip_default(self):
+                return os.path.join(folder, "kernel")
+
+        yield SocketFileKernelManager
 
 
 # ----------------------------------------------------------------------- run
@@ -178,10 +211,12 @@ def _run_stages(preset, overrides, stages, declared, params_of, nb_dir, run_dir,
         t = time.perf_counter()
         since = time.time_ns() - 1_000_000  # filesystems round times: a margin of 1 ms
         try:
-            papermill.execute_notebook(
-                str(nb), str(out_nb), parameters=call, cwd=str(nb.parent if os.access(nb.parent, os.W_OK) else run_dir),
-                kernel_name="python3", progress_bar=progress, log_output=False,
-            )
+            with kernel_manager() as manager_class:
+                papermill.execute_notebook(
+                    str(nb), str(out_nb), parameters=call, kernel_name="python3", progress_bar=progress,
+                    cwd=str(nb.parent if os.access(nb.parent, os.W_OK) else run_dir), log_output=False,
+                    **({"kernel_manager_class": manager_class} if manager_class else {}),
+                )
         except papermill.PapermillExecutionError as e:
             raise PipelineError(
                 f"[{stage}] failed in cell {e.exec_count} ({e.ename}: {e.evalue}); the executed notebook with "

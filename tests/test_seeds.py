@@ -129,6 +129,19 @@ def test_jobs_give_the_numbers_of_one_by_one(seq, tmp_path):
             "torch_threads"] == THREADS
 
 
+@pytest.mark.skipif(os.name != "posix", reason="Unix sockets only on POSIX; elsewhere the default TCP kernels")
+def test_kernels_started_side_by_side_never_share_an_address():
+    """Over TCP two kernels started at once can be handed the same free port and one dies at start."""
+    from camseg_utils.runner import kernel_manager
+
+    with kernel_manager() as a, kernel_manager() as b:
+        ka, kb = a(), b()
+        assert ka.transport == kb.transport == "ipc"
+        folders = {os.path.dirname(ka.ip), os.path.dirname(kb.ip)}
+        assert len(folders) == 2 and all(os.path.isdir(f) for f in folders)
+    assert not any(os.path.exists(f) for f in folders)  # nothing left behind
+
+
 def test_a_dask_local_cluster_gives_the_numbers_of_one_by_one(seq, tmp_path):
     pytest.importorskip("distributed")
     par = _side_by_side(seq, tmp_path, "--dask", "local", "--jobs", "2")
