@@ -1,22 +1,31 @@
 """Pinned results of the smoke preset: a change that moves them fails here instead of passing unnoticed.
 
-The values come from the smoke run on an x86-64 CPU (torch 2.14.1) at one thread, the count
-tests/conftest.py gives every test whatever the cores. The same seed on the same machine gives the
-same numbers; another CPU moves float sums in their last digits, which a 2-epoch classifier on 12
-synthetic patients can amplify, hence the tolerance. A deliberate change of method or defaults
-updates these values in the same commit.
+The values come from the smoke run at one thread (the count tests/conftest.py gives every test
+whatever the cores), torch 2.14.1, on two x86-64 machines: one whose CPU the earlier pins came from
+and an AMD EPYC (AVX-512). The same seed on the same machine gives the same numbers; another CPU
+moves float sums in their last digits, and a 2-epoch classifier scored on 17 test slices turns that
+into whole steps of its ROC AUC (one of its 70 tumour / no-tumour pairs ranked the other way moves
+it by 0.014). The two machines gave:
+
+    classifier test AUC          0.8730  0.8476
+    best CAM test mean-Dice      0.1375  0.1477
+    U-Net test mean-Dice         0.0569  0.0569
+    06 keep-10 % re-trained AUC  0.5333  0.5056
+
+so each value is pinned at the middle of the two, within a tolerance of a few such steps: a change
+of method or default moves them further. A deliberate change updates them in the same commit.
 """
 
 import json
 
 import pytest
 
-TOLERANCE = 0.02
+# name: (pinned value, tolerance)
 PINNED = {
-    "classifier test AUC": 0.8730,
-    "best CAM (layercam @ middle, guided) test mean-Dice": 0.1375,
-    "U-Net test mean-Dice": 0.0569,
-    "06: layercam keep hottest 10 %, mean fill, re-trained test AUC": 0.5333,
+    "classifier test AUC": (0.860, 0.05),
+    "best CAM (layercam @ middle, guided) test mean-Dice": (0.143, 0.03),
+    "U-Net test mean-Dice": (0.057, 0.02),
+    "06: layercam keep hottest 10 %, mean fill, re-trained test AUC": (0.519, 0.05),
 }
 
 
@@ -35,5 +44,5 @@ def _measured(run_dir):
 def test_smoke_results_are_pinned(smoke_run):
     run_dir, _ = smoke_run
     measured = _measured(run_dir)
-    for name, value in PINNED.items():
-        assert measured[name] == pytest.approx(value, abs=TOLERANCE), name
+    for name, (value, tolerance) in PINNED.items():
+        assert measured[name] == pytest.approx(value, abs=tolerance), name
