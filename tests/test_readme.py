@@ -40,9 +40,12 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
 def test_readme_blocks_name_known_kinds_and_runs():
     text = README.read_text()
     blocks = [(m["name"], m["kind"]) for m in readme_tables.MARKER.finditer(text)]
-    assert {k for _, k in blocks} == set(readme_tables.KINDS) | {"seeds"}
-    assert {n for n, _ in blocks} == {"synthetic", "synthetic_seeds", "lgg_cpu"}
+    assert {k for _, k in blocks} == set(readme_tables.KINDS) | {"seeds", "folds"}
+    assert {n for n, _ in blocks} == {"synthetic", "synthetic_seeds", "lgg_cpu", "lgg_cpu_folds"}
     assert {k for n, k in blocks if n == "synthetic_seeds"} == {"seeds"}  # a multi-seed run folder's one table
+    assert {k for n, k in blocks if n == "lgg_cpu_folds"} == {"folds"}  # and a cross-validated one's
+    update = next(line for line in text.splitlines() if "readme_tables update README.md" in line)
+    assert all(f" {n}=" in update for n, _ in blocks)  # the regeneration command names every block's run
     assert text.count("<!-- table:") == len(blocks)  # every opening marker has its closing one
 
 
