@@ -23,6 +23,31 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p))
 
 
+def roc_auc_ci(y: np.ndarray, p: np.ndarray, patients: np.ndarray, n_boot: int = 1000, seed: int = 0,
+               level: float = 0.95) -> list[float]:
+    """Patient-bootstrap CI of the slice-level ROC AUC: patients drawn with replacement, their slices scored together.
+
+    A patient's slices are not independent of one another, so the patient is the unit resampled,
+    as for the segmentation CIs. Draws holding one class only are left out.
+    """
+    if not (0 < level < 1):
+        raise ValueError(f"level={level}: expected a probability between 0 and 1")
+    y, p = np.asarray(y).astype(bool), np.asarray(p, dtype=float)
+    _, unit = np.unique(np.asarray(patients), return_inverse=True)
+    members = [np.flatnonzero(unit == u) for u in range(unit.max() + 1)]
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    values = []
+    for draw in rng.integers(0, len(members), (n_boot, len(members))):
+        take = np.concatenate([members[i] for i in draw])
+        if y[take].any() and not y[take].all():
+            values.append(roc_auc_score(y[take], p[take]))
+    if not values:
+        return [float("nan"), float("nan")]
+    return [float(v) for v in np.quantile(values, [(1 - level) / 2, (1 + level) / 2])]
+
+
 def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     """Slice-level count, accuracy, sensitivity, specificity, ROC AUC and confusion matrix [[tn, fp], [fn, tp]]."""
     y = np.asarray(y).astype(bool)

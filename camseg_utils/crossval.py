@@ -35,7 +35,7 @@ import pandas as pd
 
 from . import aggregate as agg_
 from . import paired
-from .classification import classification_metrics
+from .classification import classification_metrics, roc_auc_ci
 from .formatting import interval, markdown_table, num, p_value
 from .io import UnreadableFileError, atomic_path, read_json, write_json
 from .pseudo_study import CONTROL, PAIRED_TABLE, PSEUDO
@@ -124,8 +124,8 @@ def pooled_counts(folders: dict[int, Path]) -> tuple[pd.DataFrame, list[tuple[st
     return counts, list(pairs.values()), used
 
 
-def pooled_classifiers(folders: dict[int, Path]) -> list[dict]:
-    """Each architecture's test slices of every fold, scored as one set."""
+def pooled_classifiers(folders: dict[int, Path], n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """Each architecture's test slices of every fold, scored as one set; the ROC AUC with a patient-bootstrap CI."""
     preds: dict[str, list[pd.DataFrame]] = {}
     for fold, folder in folders.items():
         for p in sorted((folder / "models").glob("*/predictions.csv")):
@@ -136,7 +136,8 @@ def pooled_classifiers(folders: dict[int, Path]) -> list[dict]:
         df = pd.concat(dfs)
         m = classification_metrics(df.tumour.astype(bool).to_numpy(), df.prob.to_numpy())
         out.append({"arch": arch, "folds": len(dfs), "patients": int(df.patient.nunique()),
-                    **{k: m[k] for k in ("n", "auc", "accuracy", "sensitivity", "specificity")}})
+                    **{k: m[k] for k in ("n", "auc", "accuracy", "sensitivity", "specificity")},
+                    "auc_ci": roc_auc_ci(df.tumour.to_numpy(), df.prob.to_numpy(), df.patient.to_numpy(), n_boot, seed)})
     return out
 
 
@@ -180,7 +181,7 @@ def crossval(folders: dict[int, Path], n_boot: int = 1000, seed: int = 0,
         comparisons["folds"] = [int(counts[counts.setting == a].fold.nunique()) for a in comparisons.a]
         comparisons[["a", "b"]] = comparisons[["a", "b"]].replace(r"^.*: (a|b)$", r"\1", regex=True)
     return {"folds": list(folders), "folds_with_dice": used, "n_boot": n_boot, "seed": seed,
-            "classifiers": pooled_classifiers(folders), "segmentation": segmentation,
+            "classifiers": pooled_classifiers(folders, n_boot, seed), "segmentation": segmentation,
             "paired": comparisons.to_dict(orient="records"), "per_fold": per_fold(folders),
             "over_folds": agg_.aggregate(metrics if metrics is not None else
                                           {f: agg_.load_seed_metrics(p) for f, p in folders.items()})}
@@ -204,9 +205,10 @@ def markdown(cv: dict, title: str = "", source: str = "") -> str:
              f"`python -m camseg_utils.crossval {source}`.\n"]
     if cv["classifiers"]:
         parts.append("\n## Classifiers (02), pooled test slices\n\n" + t(
-            ["architecture", "folds", "patients", "slices", "ROC AUC", "accuracy", "sensitivity", "specificity"],
-            [[c["arch"], str(c["folds"]), str(c["patients"]), str(c["n"])] + [_f(c[k]) for k in
-             ("auc", "accuracy", "sensitivity", "specificity")] for c in cv["classifiers"]]))
+            ["architecture", "folds", "patients", "slices", "ROC AUC [95 % CI]", "accuracy", "sensitivity",
+             "specificity"],
+            [[c["arch"], str(c["folds"]), str(c["patients"]), str(c["n"]), _ci(c["auc"], c.get("auc_ci"))]
+             + [_f(c[k]) for k in ("accuracy", "sensitivity", "specificity")] for c in cv["classifiers"]]))
     if cv["segmentation"]:
         parts.append("\n## Segmentation (05, 07), pooled test patients\n\n" + t(
             ["masks", "folds", "patients", "mean-Dice [95 % CI]", "patient Dice [95 % CI]"],

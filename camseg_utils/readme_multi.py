@@ -103,7 +103,7 @@ def folds_table(run_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> str:
     if not cv["segmentation"] and not cv["classifiers"]:
         raise ReadmeError(f"{run_dir}: no fold folder has 02 or 05 results yet")
     over, k = cv["over_folds"], len(cv["folds"])
-    body = [[f"{c['arch']}: test ROC AUC", f"{c['patients']} ({c['folds']} of {k})", num(c["auc"]),
+    body = [[f"{c['arch']}: test ROC AUC", f"{c['patients']} ({c['folds']} of {k})", num(c["auc"]) + interval(c.get("auc_ci")),
              _over(over, "classifiers", {"arch": c["arch"]}, "test ROC AUC")] for c in cv["classifiers"]]
     for s in cv["segmentation"]:
         name = ROLE_NAMES.get(s["setting"], s["setting"])

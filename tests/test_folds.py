@@ -4,6 +4,7 @@ import json
 import shutil
 import statistics
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -74,6 +75,7 @@ def test_pooled_numbers_equal_a_hand_computation_from_the_fold_files(cv):
     clf = cvj["classifiers"][0]
     assert clf["auc"] == pytest.approx(roc_auc_score(test.tumour.astype(bool), test.prob))
     assert clf["patients"] == 16 and clf["n"] == len(test)
+    assert clf["auc_ci"][0] <= clf["auc"] <= clf["auc_ci"][1]
     dice = [json.loads((cv / f"fold-{f}" / "metrics" / "05_dice.json").read_text()) for f in (0, 1)]
     seg = {s["setting"]: s for s in cvj["segmentation"]}
     for role, entry in (("CAM setting chosen on validation", "best_cam"), ("U-Net", "unet")):
@@ -197,7 +199,8 @@ def test_readme_folds_table_pools_the_folds_beside_their_mean_and_sd(cv, tmp_pat
     fold_auc = [json.loads((cv / f"fold-{f}" / "metrics" / "02_train.json").read_text())["tables"]
                 ["Classifiers (test split)"][0]["test_auc"] for f in (0, 1)]
     pooled = roc_auc_score(test.tumour.astype(bool), test.prob)
-    assert (f"| small_cnn: test ROC AUC | 16 (2 of 2) | {pooled:.3f} | "
+    lo, hi = json.loads((cv / "crossval.json").read_text())["classifiers"][0]["auc_ci"]
+    assert (f"| small_cnn: test ROC AUC | 16 (2 of 2) | {pooled:.3f} [{lo:.3f}, {hi:.3f}] | "
             f"{statistics.mean(fold_auc):.3f} ± {statistics.stdev(fold_auc):.3f} |") in md
     dice = [json.loads((cv / f"fold-{f}" / "metrics" / "05_dice.json").read_text()) for f in (0, 1)]
     unet = [d["unet"]["mean_dice"] for d in dice]
@@ -210,3 +213,19 @@ def test_readme_folds_table_pools_the_folds_beside_their_mean_and_sd(cv, tmp_pat
     assert readme_tables.update_readme(readme, {"cv": cv, "cv2": tmp_path}) == ["cv:folds", "cv2:folds"]
     text = readme.read_text()
     assert md in text and "STALE" not in text and f"*Not generated: `{tmp_path}` holds no fold-<N> folders.*" in text
+
+
+def test_the_pooled_auc_interval_resamples_patients_not_slices():
+    from camseg_utils.classification import roc_auc_ci
+
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(20), 6)
+    y = rng.random(len(patients)) < 0.4
+    p = np.clip(y * 0.3 + rng.random(len(patients)) * 0.7, 0, 1)
+    lo, hi = roc_auc_ci(y, p, patients, n_boot=300)
+    assert lo < roc_auc_score(y, p) < hi
+    # every slice twice, same patients: the same patient draws score the same AUCs, so the same interval
+    assert roc_auc_ci(np.tile(y, 2), np.tile(p, 2), np.tile(patients, 2), n_boot=300) == pytest.approx([lo, hi])
+    assert roc_auc_ci(y, y.astype(float), patients, n_boot=50) == [1.0, 1.0]  # separated on every draw
+    with pytest.raises(ValueError, match="level=95"):
+        roc_auc_ci(y, p, patients, level=95)
