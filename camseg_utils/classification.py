@@ -35,14 +35,9 @@ def roc_auc_ci(y: np.ndarray, p: np.ndarray, patients: np.ndarray, n_boot: int =
     y, p = np.asarray(y).astype(bool), np.asarray(p, dtype=float)
     _, unit = np.unique(np.asarray(patients), return_inverse=True)
     members = [np.flatnonzero(unit == u) for u in range(unit.max() + 1)]
-    from sklearn.metrics import roc_auc_score
-
     rng = np.random.default_rng(seed)
-    values = []
-    for draw in rng.integers(0, len(members), (n_boot, len(members))):
-        take = np.concatenate([members[i] for i in draw])
-        if y[take].any() and not y[take].all():
-            values.append(roc_auc_score(y[take], p[take]))
+    draws = (np.concatenate([members[i] for i in draw]) for draw in rng.integers(0, len(members), (n_boot, len(members))))
+    values = [v for v in (roc_auc(y[take], p[take]) for take in draws) if not np.isnan(v)]
     if not values:
         return [float("nan"), float("nan")]
     return [float(v) for v in np.quantile(values, [(1 - level) / 2, (1 + level) / 2])]

@@ -134,10 +134,11 @@ def pooled_classifiers(folders: dict[int, Path], n_boot: int = 1000, seed: int =
     out = []
     for arch, dfs in preds.items():
         df = pd.concat(dfs)
-        m = classification_metrics(df.tumour.astype(bool).to_numpy(), df.prob.to_numpy())
+        y, prob = df.tumour.astype(bool).to_numpy(), df.prob.to_numpy()
+        m = classification_metrics(y, prob)
         out.append({"arch": arch, "folds": len(dfs), "patients": int(df.patient.nunique()),
                     **{k: m[k] for k in ("n", "auc", "accuracy", "sensitivity", "specificity")},
-                    "auc_ci": roc_auc_ci(df.tumour.to_numpy(), df.prob.to_numpy(), df.patient.to_numpy(), n_boot, seed)})
+                    "auc_ci": roc_auc_ci(y, prob, df.patient.to_numpy(), n_boot, seed)})
     return out
 
 
