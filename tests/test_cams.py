@@ -42,10 +42,34 @@ def test_separable_resize_is_torch_bilinear(src, dst):
     assert torch.allclose(cams.separable_resize(maps, dst), ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("src", [(64, 64), (32, 32), (16, 12)])
+def test_both_resizing_routes_agree(src):
+    maps = torch.rand(2, 3, *src, generator=torch.Generator().manual_seed(0))
+    ref = torch.nn.functional.interpolate(maps, size=(128, 128), mode="bilinear", align_corners=False)
+    assert torch.allclose(cams.upsize_maps(maps, (128, 128)), ref, atol=1e-5)
+    assert torch.allclose(cams.separable_resize(maps, (128, 128)), ref, atol=1e-5)
+
+
 def test_fast_path_does_not_touch_weight_gradients():
     m, net = _net("small_cnn")
     cams.fast_cams(net, [models.get_layer(m, "small_cnn", "last")], torch.rand(2, 3, 32, 32), "gradcam")
     assert all(p.grad is None for p in m.parameters())
+
+
+def test_fast_path_works_on_a_frozen_backbone_and_restores_requires_grad():
+    m, net = _net("small_cnn")
+    m.block1.requires_grad_(False)
+    m.block2.requires_grad_(False)  # the early target layer and everything before it frozen
+    flags = [p.requires_grad for p in m.parameters()]
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    targets = [models.get_layer(m, "small_cnn", "early"), models.get_layer(m, "small_cnn", "last")]
+    frozen = {method: cams.fast_cams(net, targets, x, method)[0] for method in ("gradcam", "layercam")}
+    assert [p.requires_grad for p in m.parameters()] == flags
+    assert all(p.grad is None for p in m.parameters())
+    m.requires_grad_(True)  # pytorch-grad-cam refuses a target layer with frozen weights before it
+    for method, h_fast in frozen.items():
+        h_lib, _ = cam_library.library_cams(net, targets, x, method)
+        assert np.abs(h_fast.numpy() - h_lib).max() <= 1e-4, method
 
 
 def test_all_zero_map_gives_zeros_not_nan():
