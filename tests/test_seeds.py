@@ -142,6 +142,26 @@ def test_kernels_started_side_by_side_never_share_an_address():
     assert not any(os.path.exists(f) for f in folders)  # nothing left behind
 
 
+def test_stage_kernels_keep_freed_memory_unless_the_user_set_otherwise(tmp_path, monkeypatch):
+    import nbformat
+    import papermill
+
+    from camseg_utils.runner import KEPT_MEMORY, kept_memory, kernel_manager
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")  # the user's own setting
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import os; print(os.environ.get('MALLOC_MMAP_THRESHOLD_'), os.environ.get('MALLOC_TRIM_THRESHOLD_'))")]
+    nbformat.write(nb, str(tmp_path / "env.ipynb"))
+    with kept_memory(), kernel_manager() as manager_class:
+        papermill.execute_notebook(str(tmp_path / "env.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                   progress_bar=False, **({"kernel_manager_class": manager_class} if manager_class else {}))
+    printed = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4).cells[0].outputs[0]["text"].split()
+    assert printed == [KEPT_MEMORY["MALLOC_MMAP_THRESHOLD_"], "12345"]
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ and os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
+
+
 def test_a_dask_local_cluster_gives_the_numbers_of_one_by_one(seq, tmp_path):
     pytest.importorskip("distributed")
     par = _side_by_side(seq, tmp_path, "--dask", "local", "--jobs", "2")
