@@ -9,12 +9,19 @@ folder's heatmap cache is read (and filled, for the training split, when 07 has 
 
     python benchmarks/bench_pseudo.py --run runs/lgg_cpu --epochs 10 --bands 0 --rounds 0
     python benchmarks/bench_pseudo.py --run runs/lgg_cpu --epochs 5 --bands 0 0.3 --rounds 1 --threads 2
+    python benchmarks/bench_pseudo.py --run runs/lgg_cpu --bands 0 0.3 --rounds 1 --threads 2 --seeds 0 1 2
+
+With several ``--seeds`` the whole choice is made once per U-Net training seed (the classifier and its
+heatmaps stay those of the run) and the last line gives the test figures' mean and spread over them.
 """
 
 import argparse
 import json
 import tempfile
 import time
+from pathlib import Path
+
+import numpy as np
 
 from camseg_utils import pseudo_study
 from camseg_utils.io import load_torch
@@ -27,23 +34,32 @@ ap.add_argument("--bands", nargs="+", type=float, default=[0.0])
 ap.add_argument("--rounds", type=int, default=0)
 ap.add_argument("--empty-share", type=float, default=0.5)
 ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU numbers depend on it)")
+ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="U-Net training seeds, each a whole 07 choice")
 ap.add_argument("--out", default=None, help="folder for the networks (kept; a rerun reuses them)")
 args = ap.parse_args()
 
 grid = pseudo_study.PseudoGrid(args.bands, args.rounds, args.epochs, args.empty_share)
-with tempfile.TemporaryDirectory() as tmp, pinned_threads(args.threads):
-    t0 = time.perf_counter()
-    study = pseudo_study.study_pseudo(args.run, grid, control=False, device="cpu", progress=False,
-                                      models_dir=args.out or tmp)
-    seconds = time.perf_counter() - t0
-    cam = study.sources["cam"]
-    history = load_torch(cam.chosen["network"], "pseudo-label U-Net checkpoint")["history"]
-print(f"run {args.run}; knobs: bands {args.bands}, rounds {args.rounds}, epochs {args.epochs}, empty share "
-      f"{args.empty_share}; {args.threads} torch thread(s), CPU; {seconds:.0f} s")
-print(f"pseudo-masks from {pseudo_study.source_name(cam.setting)}")
-for row in cam.rows:
-    print(f"  band {row['band']:g} round {row['round']}: best epoch {row['best_epoch']}, val mean-Dice "
-          f"{row['val_mean_dice']:.3f}, val patient Dice {row['val_patient_dice']:.3f}")
-print("  chosen network's val mean-Dice per epoch: " + " ".join(f"{h['val_mean_dice']:.3f}" for h in history))
-print(pseudo_study.results_table(study).to_string(index=False))
-print(json.dumps({k: cam.unet.scores[k] for k in ("mean_dice", "patient_dice", "fp_area")}))
+scores = []
+for seed in args.seeds:
+    with tempfile.TemporaryDirectory() as tmp, pinned_threads(args.threads):
+        t0 = time.perf_counter()
+        study = pseudo_study.study_pseudo(args.run, grid, control=False, device="cpu", seed=seed, progress=False,
+                                          models_dir=Path(args.out or tmp) / f"seed{seed}")
+        seconds = time.perf_counter() - t0
+        cam = study.sources["cam"]
+        history = load_torch(cam.chosen["network"], "pseudo-label U-Net checkpoint")["history"]
+    print(f"run {args.run}; knobs: bands {args.bands}, rounds {args.rounds}, epochs {args.epochs}, empty share "
+          f"{args.empty_share}; seed {seed}; {args.threads} torch thread(s), CPU; {seconds:.0f} s")
+    print(f"pseudo-masks from {pseudo_study.source_name(cam.setting)}")
+    for row in cam.rows:
+        print(f"  band {row['band']:g} round {row['round']}: best epoch {row['best_epoch']}, val mean-Dice "
+              f"{row['val_mean_dice']:.3f}, val patient Dice {row['val_patient_dice']:.3f}")
+    print("  chosen network's val mean-Dice per epoch: " + " ".join(f"{h['val_mean_dice']:.3f}" for h in history))
+    print(pseudo_study.results_table(study).to_string(index=False))
+    scores.append({k: cam.unet.scores[k] for k in ("mean_dice", "patient_dice", "fp_area")})
+    print(json.dumps({"seed": seed, **scores[-1]}))
+if len(scores) > 1:
+    spread = {k: f"{np.mean([s[k] for s in scores]):.3f} ± {np.std([s[k] for s in scores], ddof=1):.3f}"
+              for k in ("mean_dice", "patient_dice")}
+    print(f"over seeds {args.seeds} (mean ± sd): test mean-Dice {spread['mean_dice']}, "
+          f"patient Dice {spread['patient_dice']}")
