@@ -34,7 +34,8 @@ def test_fast_path_reproduces_the_library(arch, layers, fuse):
         assert h_fast.min() >= 0 and h_fast.max() <= 1 + 1e-6
 
 
-@pytest.mark.parametrize("src,dst", [((16, 16), (128, 128)), ((7, 5), (64, 48)), ((40, 30), (25, 61)), ((8, 8), (8, 8))])
+@pytest.mark.parametrize("src,dst", [((16, 16), (128, 128)), ((7, 5), (64, 48)), ((40, 30), (25, 61)), ((8, 8), (8, 8)),
+                                     ((64, 64), (128, 128)), ((32, 32), (128, 128)), ((16, 12), (128, 128))])
 def test_separable_resize_is_torch_bilinear(src, dst):
     maps = torch.rand(3, 4, *src, generator=torch.Generator().manual_seed(0))
     ref = torch.nn.functional.interpolate(maps, size=dst, mode="bilinear", align_corners=False)
@@ -42,12 +43,11 @@ def test_separable_resize_is_torch_bilinear(src, dst):
     assert torch.allclose(cams.separable_resize(maps, dst), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("src", [(64, 64), (32, 32), (16, 12)])
+@pytest.mark.parametrize("src", [(64, 64), (32, 32), (16, 12)])  # interpolation's side of the switch, then the products'
 def test_both_resizing_routes_agree(src):
     maps = torch.rand(2, 3, *src, generator=torch.Generator().manual_seed(0))
     ref = torch.nn.functional.interpolate(maps, size=(128, 128), mode="bilinear", align_corners=False)
     assert torch.allclose(cams.upsize_maps(maps, (128, 128)), ref, atol=1e-5)
-    assert torch.allclose(cams.separable_resize(maps, (128, 128)), ref, atol=1e-5)
 
 
 def test_fast_path_does_not_touch_weight_gradients():
