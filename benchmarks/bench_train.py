@@ -2,7 +2,8 @@
 
 The data path (indexing the on-device uint8 split, augmentation, normalisation) must not be
 the bottleneck: target within 15 % of the bare loop. Training runs channels-last on every
-device; the bare loop is also timed in the default (NCHW) layout, so the choice stays measured.
+device; the bare loop is also timed in the default (NCHW) layout, so the choice stays measured, and
+in float32 where training autocasts to bfloat16 (``camseg_utils.device.train_bf16``), so that one does too.
 ``unet`` is the segmentation network of notebooks 05 and 07 (``--unet-width``, segmentation loss).
 
     python benchmarks/bench_train.py [--archs small_cnn resnet18 unet] [--size 128] [--batch 32] [--steps 20]
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from camseg_utils import data, models, train, unet
-from camseg_utils.device import device_name, resolve_device, to_tensor
+from camseg_utils.device import device_name, precision_name, resolve_device, to_tensor, train_bf16
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--archs", nargs="+", default=["small_cnn"])
@@ -33,7 +34,9 @@ if args.threads:
 dev = resolve_device(args.device)
 name = device_name(dev)
 ds = data.generate_synthetic(n_patients=30, size=args.size, seed=0)
-print(f"device: {name}; size {args.size}, batch {args.batch}, {args.steps} steps per measurement")
+amp = train_bf16(dev)
+print(f"device: {name}; size {args.size}, batch {args.batch}, {args.steps} steps per measurement; "
+      f"training precision {precision_name(amp)}")
 CL = torch.channels_last
 
 
@@ -52,7 +55,6 @@ for arch in args.archs:
     seg = arch == "unet"
     nets = {"nchw": build(arch, torch.contiguous_format), "cl": build(arch, CL)}
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-3) for k, m in nets.items()}
-    amp = dev.type == "cuda"
     norm = train.Normalise(*train.channel_stats(ds.images)).to(dev)
     x_all = to_tensor(ds.images, dev)
     y_all = (torch.from_numpy(np.ascontiguousarray(ds.masks)).float() if seg else
@@ -63,8 +65,8 @@ for arch in args.archs:
     xb_fixed = norm(x_all[: args.batch].float() / 255)
     yb_fixed = y_all[: args.batch]
 
-    def step(layout, xb, yb):
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+    def step(layout, xb, yb, bf16=amp):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             out = nets[layout](xb.contiguous(memory_format=CL if layout == "cl" else torch.contiguous_format))
         loss = unet.segmentation_loss(out.float(), yb) if seg else F.cross_entropy(out.float(), yb)
         opts[layout].zero_grad(set_to_none=True)
@@ -81,7 +83,7 @@ for arch in args.archs:
             step("cl", norm(train.augment_batch(x_all[idx].float() / 255, gen)), y_all[idx])
 
     cases = {"bare nchw": lambda: step("nchw", xb_fixed, yb_fixed), "bare": lambda: step("cl", xb_fixed, yb_fixed),
-             "training": full}
+             "training": full, **({"bare float32": lambda: step("cl", xb_fixed, yb_fixed, False)} if amp else {})}
     rates: dict[str, list[float]] = {}
     for _ in range(2):  # interleaved, the better of two
         for label, fn in cases.items():
@@ -94,5 +96,6 @@ for arch in args.archs:
             sync()
             rates.setdefault(label, []).append(args.steps * args.batch / (time.perf_counter() - t))
     n, b, f = (max(rates[k]) for k in ("bare nchw", "bare", "training"))
+    fp32 = f" | channels-last in float32 {max(rates['bare float32']):8.1f} img/s" if amp else ""
     print(f"{arch:12s} bare forward+backward: NCHW {n:8.1f} img/s, channels-last {b:8.1f} img/s "
-          f"(x{b / n:.2f}) | training step with data path {f:8.1f} img/s | ratio {f / b:.2f}", flush=True)
+          f"(x{b / n:.2f}) | training step with data path {f:8.1f} img/s | ratio {f / b:.2f}{fp32}", flush=True)

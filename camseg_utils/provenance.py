@@ -144,7 +144,8 @@ def git_state(folder: Path = PACKAGE_DIR) -> dict[str, Any] | None:
 
 
 def machine() -> dict[str, Any]:
-    """CPU model, core count and threads, and the GPU's name where torch sees one."""
+    """CPU model, core count and threads, the GPU's name where torch sees one, and the precision training
+    uses on the CPU (:func:`.device.train_bf16`)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -157,8 +158,11 @@ def machine() -> dict[str, Any]:
     try:
         import torch
 
+        from .device import precision_name, train_bf16
+
         out["torch_threads"] = torch.get_num_threads()
         out["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        out["cpu_training_precision"] = precision_name(train_bf16(torch.device("cpu")))
     except ImportError:
         out["gpu"] = None
     return out

@@ -101,8 +101,8 @@ class _Trainings:
     ``jobs`` 1: in this process, one after another, at this process's thread count. More: in ``jobs`` spawned
     worker processes of ``threads`` torch threads each. A small CNN's convolutions on a few dozen pixels use
     a second thread poorly, so on a CPU independent one-thread re-trainings side by side finish sooner than
-    the same re-trainings one by one on every thread. A re-training's result depends on its inputs, seed
-    and thread count, not on the process that ran it.
+    the same re-trainings one by one on every thread. A re-training's result depends on its inputs, seed,
+    thread count and training precision (:func:`.device.train_bf16`), not on the process that ran it.
     """
 
     def __init__(self, jobs: int, threads: int, log: Callable[[str], None] | None) -> None:

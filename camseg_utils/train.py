@@ -4,8 +4,11 @@ Our design decisions (not the paper's): from scratch by default; the whole split
 on the device as uint8 and is augmented there in batches (flips, small rotations,
 shifts and scalings, per-channel intensity jitter), so the data path never waits on a
 loader; channels-last convolutions on every device (oneDNN's fast layout on a CPU, tensor
-cores' on a GPU: ``benchmarks/bench_train.py`` compares the layouts); class imbalance is handled by class-weighted cross-entropy; AdamW with a
-one-cycle schedule; the epoch with the best validation ROC AUC is kept.
+cores' on a GPU: ``benchmarks/bench_train.py`` compares the layouts); forward passes in bfloat16
+autocast where the device computes it natively (CUDA; x86 CPUs with AVX512-BF16 or AMX, where it
+halves a step's time: :func:`.device.train_bf16`), float32 elsewhere; class imbalance is handled by
+class-weighted cross-entropy; AdamW with a one-cycle schedule; the epoch with the best validation
+ROC AUC is kept.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch.nn.functional as F
 
 from .classification import classification_metrics
 from .data import DataError, Dataset, manifest_hash
-from .device import resolve_device, to_tensor
+from .device import precision_name, resolve_device, to_tensor, train_bf16
 from .io import UnreadableFileError, arrays_digest, load_torch, save_torch
 from .models import build_model, get_spec
 
@@ -50,7 +53,7 @@ class TrainConfig:
     device: str = "auto"
     pretrained: bool | str = False
     augment: bool = True
-    amp: bool = True  # bf16 autocast, on CUDA only
+    amp: bool = True  # bf16 autocast where the device computes it natively (device.train_bf16)
 
 
 def seed_everything(seed: int) -> None:
@@ -130,7 +133,8 @@ def check_classes(ds: Dataset, split: str) -> None:
         raise DataError(f"the {split} split ({len(y)} slices) has no {missing} slice; a classifier cannot be trained")
 
 
-# what last.pt must hold to be resumed
+# what last.pt must share with this training to be resumed, and what it must hold
+_SAME_TRAINING = ("config", "split_hash", "data_sha256", "precision")
 _RESUME_KEYS = ("record", "model", "optimizer", "scheduler", "generator", "aug_generator", "history", "best", "epoch",
                 "torch_rng")
 
@@ -172,11 +176,11 @@ def train_classifier(
     )
     gen = torch.Generator().manual_seed(config.seed)  # epoch order, on the CPU
     aug_gen = torch.Generator(device=device).manual_seed(config.seed)  # augmentation, on the device
-    use_amp = config.amp and device.type == "cuda"
+    use_amp = config.amp and train_bf16(device)
     record = {
         "arch": config.arch, "image_size": int(train.images.shape[1]), "norm_mean": mean, "norm_std": std,
         "split_hash": split_hash, "data_sha256": arrays_digest(train.images, _labels(train), val.images, _labels(val)),
-        "seed": config.seed, "config": asdict(config), "versions": versions(),
+        "seed": config.seed, "config": asdict(config), "precision": precision_name(use_amp), "versions": versions(),
         "layers": get_spec(config.arch).layers,
     }
     history: list[dict] = []
@@ -193,7 +197,7 @@ def train_classifier(
         if state and missing:  # another version's last.pt: resuming would mix two recipes (or fail); start afresh
             warnings.warn(f"{last_path} lacks {', '.join(missing)} (written by another camseg version): not resumed, "
                           f"training {config.arch} from the first epoch", stacklevel=2)
-        elif state and all(state["record"].get(k) == record[k] for k in ("config", "split_hash", "data_sha256")):
+        elif state and all(state["record"].get(k) == record[k] for k in _SAME_TRAINING):
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])

@@ -3,7 +3,8 @@
 Our design decisions: a 4-level U-Net (``width`` channels at full resolution, doubling per
 level), batch norm, bilinear up-sampling; loss = BCE + soft Dice; the same on-device
 augmentation as the classifiers (geometry applied to image and mask alike); AdamW with a
-one-cycle schedule; bfloat16 autocast on CUDA; the epoch with the best validation mean-Dice is kept.
+one-cycle schedule; bfloat16 autocast where the device computes it natively (CUDA, recent x86 CPUs:
+:func:`.device.train_bf16`); the epoch with the best validation mean-Dice is kept.
 Its masks may then be cleaned in 3-D (:func:`choose_volume_cleanup`): per scan, connected components
 smaller than a fraction of the largest are dropped, the fraction (0: none) chosen on validation.
 """
@@ -21,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import Dataset
-from .device import resolve_device, to_tensor
+from .device import precision_name, resolve_device, to_tensor, train_bf16
 from .io import UnreadableFileError, arrays_digest, load_torch, save_torch
 from .metrics import mean_dice, score_masks
 from .morphology import keep_volume_components
@@ -131,8 +132,9 @@ def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 
 
     out_dir = Path(out_dir)
     dev = resolve_device(device)
+    bf16 = train_bf16(dev)
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
-              "image_size": int(train.images.shape[1]), "split_hash": split_hash,
+              "precision": precision_name(bf16), "image_size": int(train.images.shape[1]), "split_hash": split_hash,
               "data_sha256": arrays_digest(train.images, train.masks, val.images, val.masks)}
     path = out_dir / "best.pt"
     if resume and path.exists():
@@ -159,7 +161,7 @@ def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 
         for s in tqdm(range(steps), desc=f"U-Net epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
             idx = perm[s * batch_size:(s + 1) * batch_size]
             xb, yb = augment_batch(x[idx].float() / 255, aug_gen, y[idx].float()[:, None])
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):  # as the classifiers
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):  # as the classifiers
                 logits = model(norm(xb).contiguous(memory_format=torch.channels_last))
             loss = segmentation_loss(logits.float(), yb[:, 0])
             opt.zero_grad(set_to_none=True)

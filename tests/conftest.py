@@ -13,6 +13,10 @@ from camseg_utils.workers import THREAD_VARS  # imports no torch
 # numbers (test_regression.py) hold on any number of cores, and `make test`'s side-by-side workers
 # (pytest-xdist) each get a core instead of sharing every core.
 os.environ.update({v: "1" for v in THREAD_VARS})
+# Training in float32 on every CPU for the same reason: bfloat16 training (where a CPU has it natively) gives
+# other numbers than float32, as another seed would, and the pinned ones must hold on CPUs with and without it.
+# test_models_train.py trains in both precisions.
+os.environ["CAMSEG_TRAIN_FP32"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
 # modules by their cost, the largest first: `make test` hands whole modules to its workers in this order
 # (--dist loadfile --no-loadscope-reorder), so no worker is left with a long module at the end; the smoke

@@ -164,3 +164,34 @@ def test_augmentation_flips_rotates_moves_masks_alike_and_is_deterministic_under
         assert (cols.mean() > s / 2) == bool(flip[i]), i
         want = -math.tan(angle[i]) * (-1 if flip[i] else 1)
         assert np.polyfit(cols, rows, 1)[0] == pytest.approx(want, abs=0.04), i
+
+
+def test_training_precision_follows_the_device_and_a_checkpoint_of_another_is_not_reused(tiny, tmp_path, monkeypatch):
+    from camseg_utils import device as dev_mod
+    from camseg_utils import unet
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dev_mod, "native_bf16", lambda d: True)  # bfloat16 where a CPU has it natively ...
+    monkeypatch.delenv(dev_mod.FP32_ENV, raising=False)
+    assert dev_mod.train_bf16(cpu)
+    monkeypatch.setenv(dev_mod.FP32_ENV, "1")  # ... unless the environment asks for float32
+    assert not dev_mod.train_bf16(cpu)
+    monkeypatch.setattr(dev_mod, "native_bf16", lambda d: False)
+    monkeypatch.delenv(dev_mod.FP32_ENV)
+    assert not dev_mod.train_bf16(cpu)
+    assert dev_mod.native_bf16(torch.device("meta")) is False
+
+    tr, va = tiny.split("train"), tiny.split("val")
+    cfg = train.TrainConfig(epochs=1, batch_size=16, device="cpu")
+    fp32 = train.train_classifier(tr, va, cfg, tmp_path / "c", split_hash="h", progress=False)
+    u32 = unet.train_unet(tr, va, tmp_path / "u", epochs=1, width=4, device="cpu", progress=False)[2]
+    assert fp32["precision"] == u32["config"]["precision"] == "float32"
+    monkeypatch.setattr(dev_mod, "native_bf16", lambda d: True)  # the same folder on a CPU with bfloat16
+    bf16 = train.train_classifier(tr, va, cfg, tmp_path / "c", split_hash="h", progress=False)
+    u16 = unet.train_unet(tr, va, tmp_path / "u", epochs=1, width=4, device="cpu", progress=False)[2]
+    assert bf16["precision"] == u16["config"]["precision"] == "bfloat16"
+    # trained afresh in bfloat16, not the float32 networks served again
+    assert bf16["history"][0]["train_loss"] != fp32["history"][0]["train_loss"]
+    assert u16["history"][0]["train_loss"] != u32["history"][0]["train_loss"]
+    again = train.train_classifier(tr, va, cfg, tmp_path / "c", split_hash="h", progress=False)
+    assert again["history"] == bf16["history"]  # and that one is resumed as finished

@@ -1,7 +1,7 @@
 """Pinned results of the smoke preset: a change that moves them fails here instead of passing unnoticed.
 
-The values come from the smoke run at one thread (the count tests/conftest.py gives every test
-whatever the cores), torch 2.14.1, on two x86-64 machines: an Intel Xeon @ 2.50 GHz and an AMD
+The values come from the smoke run at one thread and in float32 (what tests/conftest.py gives every test
+whatever the cores and whether the CPU trains in bfloat16), torch 2.14.1, on two x86-64 machines: an Intel Xeon @ 2.50 GHz and an AMD
 EPYC (AVX-512). The same seed on the same machine gives the same numbers; another CPU
 moves float sums in their last digits, and a 2-epoch classifier scored on 17 test slices turns that
 into whole steps of its ROC AUC (one of its 70 tumour / no-tumour pairs ranked the other way moves
