@@ -68,20 +68,23 @@ def required_files(run_dir: Path) -> tuple[dict, list[Path]]:
 
 
 def pseudo_network(run_dir: Path) -> dict | None:
-    """Notebook 07's chosen network (its record: ``network``, ``network_sha256``, ``volume_cleanup``), or None
-    when the run has none; a network file that is not the one 07 scored is refused."""
+    """Notebook 07's chosen prediction (its record: ``network``, ``network_sha256``, ``members``: every network
+    it averages, ``volume_cleanup``), or None when the run has none; a network file that is not the one 07
+    scored is refused."""
     path = run_dir / "metrics" / "07_pseudo_labels.json"
     if not path.exists():
         return None
     chosen = read_json(path).get("pseudo")
     if not chosen:
         return None
-    net = run_dir / chosen["network"]
-    if not net.is_file() or file_sha256(net) != chosen["network_sha256"]:
-        raise RunError(f"{net} is missing or not the network 07 scored (07_pseudo_labels.json records sha256 "
-                       f"{chosen['network_sha256'][:12]}); re-run notebook 07 on this run: python -m "
-                       f"camseg_utils.pipeline --preset NAME --run-dir {run_dir} --from 07_pseudo_labels")
-    return chosen
+    members = chosen.get("members") or [{k: chosen[k] for k in ("network", "network_sha256")}]  # older runs: one
+    for m in members:
+        net = run_dir / m["network"]
+        if not net.is_file() or file_sha256(net) != m["network_sha256"]:
+            raise RunError(f"{net} is missing or not the network 07 scored (07_pseudo_labels.json records sha256 "
+                           f"{m['network_sha256'][:12]}); re-run notebook 07 on this run: python -m "
+                           f"camseg_utils.pipeline --preset NAME --run-dir {run_dir} --from 07_pseudo_labels")
+    return {**chosen, "members": members}
 
 
 MARKER = ".camseg-evaluate"  # in every output folder: only such a folder may be written into again
@@ -152,7 +155,7 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
     unet_masks = unet.predict_volumes(net, unorm, ds, unet_cleanup, batch_size)
     named = {"cam": cam_masks, "unet": unet_masks}
     if weak:
-        wnet, wnorm, _ = pseudo_labels.load_network(run_dir / weak["network"], dev)
+        wnet, wnorm, _ = pseudo_labels.load_networks([run_dir / m["network"] for m in weak["members"]], dev)
         named["pseudo"] = unet.predict_volumes(wnet, wnorm, ds, float(weak["volume_cleanup"]), batch_size)
 
     # outputs: masks as PNG beside an index of what was read (paths only, no copies of the images)
@@ -179,7 +182,8 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
                                                                       "prob_gate", "cleanup", "guided_radius",
                                                                       "guided_eps", "guide_channel") if k in best},
               "unet_volume_cleanup": unet_cleanup, "skipped": ds.skipped,
-              **({"pseudo_network": weak["network"], "pseudo_volume_cleanup": float(weak["volume_cleanup"])} if weak else {}),
+              **({"pseudo_network": weak["network"], "pseudo_networks": [m["network"] for m in weak["members"]],
+                  "pseudo_volume_cleanup": float(weak["volume_cleanup"])} if weak else {}),
               "notes": {str(k): int(v) for k, v in m["notes"][m["notes"] != ""].value_counts().items()},
               "classifier_sha256": classifier_sha256, "provenance": provenance(data={
                   "data": data_fingerprint(data_root)})}
@@ -212,7 +216,9 @@ def _write_report(out_dir: Path, r: dict) -> None:
              f"{s['value']:g}, scale {s['normalisation']}, head gate {s['head_gate']}, classifier gate {s['prob_gate']}, "
              f"clean-up {s['cleanup']}, guided refinement radius {s.get('guided_radius', 0)} (0: none); U-Net 3-D clean-up "
              f"{r.get('unet_volume_cleanup', 0.0):g} (0: none)"
-             + (f"; U-Net trained on pseudo-masks (notebook 07, `{r['pseudo_network']}`), 3-D clean-up "
+             + (f"; U-Net trained on pseudo-masks (notebook 07, "
+                f"{', '.join(f'`{n}`' for n in r.get('pseudo_networks') or [r['pseudo_network']])}"
+                f"{', their mean probability' if len(r.get('pseudo_networks') or []) > 1 else ''}), 3-D clean-up "
                 f"{r['pseudo_volume_cleanup']:g}" if r.get("pseudo_network") else "")
              + "; all chosen on the run's validation split, applied unchanged",
              f"- images were resized from {r['resized_from']} to {r['image_size']} x {r['image_size']} exactly as in training"

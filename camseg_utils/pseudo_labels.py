@@ -20,7 +20,10 @@ Our design decisions (not the paper's):
   and everything else in training is 05's recipe (:mod:`.unet`): the network, normalisation,
   augmentation (targets moved with the image), one-cycle schedule and the epoch kept by
   validation mean-Dice. ``empty_share`` < 1 draws only that share of the slices with an empty
-  target afresh every epoch, which shortens an epoch where most slices are tumour-free.
+  target afresh every epoch, which shortens an epoch where most slices are tumour-free;
+- several networks trained on the same targets from different seeds predict together as one
+  (:class:`MeanProbability`): the mean of their tumour probabilities, thresholded at 0.5 like one
+  network's. A network trained briefly on noisy targets varies with its seed; the mean varies less.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from .data import Dataset
-from .device import resolve_device, to_tensor
+from .device import precision_name, resolve_device, to_tensor, train_bf16
 from .io import UnreadableFileError, arrays_digest, load_torch, save_torch
 from .metrics import mean_dice
 from .train import Normalise, augment_batch, channel_stats, seed_everything, versions
@@ -143,6 +146,43 @@ def load_network(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     return model.eval(), Normalise(ckpt["norm_mean"], ckpt["norm_std"]).to(device), ckpt
 
 
+class MeanProbability(nn.Module):
+    """U-Nets trained on the same images as one network: its output is the logit of their mean tumour
+    probability, so that thresholding it at 0 (:func:`.unet.predict_masks`) thresholds the mean at 0.5."""
+
+    def __init__(self, nets: list[nn.Module]) -> None:
+        super().__init__()
+        if not nets:
+            raise PseudoLabelError("an ensemble needs at least one network")
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.stack([torch.sigmoid(net(x).float()) for net in self.nets]).mean(0)
+        return torch.logit(p, eps=1e-6)
+
+
+def load_networks(paths, device: str | torch.device = "cpu") -> tuple[nn.Module, Normalise, list[dict]]:
+    """Networks trained on the same images as one (:class:`MeanProbability`; one path: that network alone),
+    their shared normalisation and their checkpoints. Networks normalised differently were trained on
+    other images and are refused."""
+    if not len(paths):
+        raise PseudoLabelError("no network path given")
+    loaded = [load_network(p, device) for p in paths]
+    model, norm = as_ensemble([(m, n) for m, n, _ in loaded], paths)
+    return model, norm, [c for _, _, c in loaded]
+
+
+def as_ensemble(nets: list[tuple[nn.Module, Normalise]], names) -> tuple[nn.Module, Normalise]:
+    """(network, normalisation) pairs as one: :class:`MeanProbability` and the shared normalisation (a single
+    pair is returned as it is). Networks normalised differently were trained on other images and are refused."""
+    norm = nets[0][1]
+    for name, (_, other) in zip(names[1:], nets[1:]):
+        if not (torch.equal(other.mean, norm.mean) and torch.equal(other.std, norm.std)):
+            raise PseudoLabelError(f"{name} was trained on other images than {names[0]} (another normalisation); "
+                                   "an ensemble averages networks trained on the same images")
+    return (nets[0][0] if len(nets) == 1 else MeanProbability([m for m, _ in nets]).eval()), norm
+
+
 def train_on_targets(images: np.ndarray, targets: Targets, val: Dataset, out_dir: str | Path, epochs: int = 8,
                      batch_size: int = 16, lr: float = 3e-3, width: int = 8, seed: int = 0, device: str = "auto",
                      empty_share: float = 1.0, resume: bool = True,
@@ -161,7 +201,9 @@ def train_on_targets(images: np.ndarray, targets: Targets, val: Dataset, out_dir
     if not 0 < empty_share <= 1:
         raise PseudoLabelError(f"empty_share={empty_share!r}: expected a share in (0, 1]")
     out_dir, dev = Path(out_dir), resolve_device(device)
+    bf16 = train_bf16(dev)
     config = {"epochs": int(epochs), "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
+              "precision": precision_name(bf16),
               "empty_share": float(empty_share), "image_size": int(images.shape[1]),
               "data_sha256": arrays_digest(images, targets.mask, targets.ignore, val.images, val.masks)}
     path = out_dir / "best.pt"
@@ -199,7 +241,7 @@ def train_on_targets(images: np.ndarray, targets: Targets, val: Dataset, out_dir
         for s in tqdm(range(steps), desc=f"U-Net epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
             idx = perm[s * batch_size:(s + 1) * batch_size]
             xb, yb = augment_batch(x[idx].float() / 255, aug_gen, y[idx].float())
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(norm(xb).contiguous(memory_format=torch.channels_last))
             loss = segmentation_loss(logits.float(), yb[:, 0], yb[:, 1])
             opt.zero_grad(set_to_none=True)

@@ -3,10 +3,12 @@
 On the training split only images and slice labels are read (:func:`training_inputs`): pseudo-masks
 come from the CAM setting notebook 05 chose on validation, applied unchanged to the training
 heatmaps (:mod:`.pseudo_labels`). Every uncertain band is trained once; the band best on
-validation goes on to the self-training rounds; the (band, round) best on validation by 05's
-``select_by`` is chosen, then the 3-D clean-up of its masks, as for 05's U-Net. Each training
-keeps its best epoch on validation. The random heatmap, with 05's setting for it, goes through the
-same path with the chosen band and rounds: what a network learns from noise and the gates alone.
+validation goes on to the self-training rounds; with ``ensemble`` > 1, that many networks (seeds
+``seed``, ``seed`` + 1, ...) trained on the targets of the best (band, round) so far predict together
+(their mean probability) as one more candidate. The candidate best on validation by 05's ``select_by``
+is chosen, then the 3-D clean-up of its masks, as for 05's U-Net. Each training keeps its best epoch
+on validation. The random heatmap, with 05's setting for it, goes through the same path with the chosen
+band, rounds and number of networks: what a network learns from noise and the gates alone.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from .io import file_sha256, load_torch, read_json
 from .masks import head_masks, scaled_heatmaps
 from .pseudo_labels import (
     PseudoLabelError,
+    as_ensemble,
     band_targets,
     check_band,
     kept_slices,
-    load_network,
+    load_networks,
     probability_maps,
     self_training_targets,
     train_on_targets,
@@ -51,7 +54,8 @@ SOURCES = {"cam": "U-Net on CAM pseudo-masks (weakly supervised)", "random": "U-
 @dataclass
 class PseudoGrid:
     """What 07 tries: uncertain ``bands`` (round 0), self-training ``rounds`` after it, ``epochs`` per
-    training (the best one kept), the share of empty-target slices per epoch and the U-Net's 3-D clean-ups."""
+    training (the best one kept), the share of empty-target slices per epoch, ``ensemble``: networks
+    averaged on the best targets (1: none), and the U-Net's 3-D clean-ups."""
 
     bands: Sequence[float] = (0.0,)
     rounds: int = 0
@@ -59,6 +63,7 @@ class PseudoGrid:
     empty_share: float = 1.0
     volume_cleanups: Sequence[float] = (0.0, 0.1, 0.3, 1.0)
     select_by: str = "mean_dice"
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
         if not len(self.bands):
@@ -70,6 +75,8 @@ class PseudoGrid:
             raise PseudoLabelError(f"epochs={self.epochs!r}: expected a whole number >= 1")
         if not 0 < self.empty_share <= 1:
             raise PseudoLabelError(f"empty_share={self.empty_share!r}: expected a share in (0, 1]")
+        if int(self.ensemble) != self.ensemble or self.ensemble < 1:
+            raise PseudoLabelError(f"ensemble={self.ensemble!r}: expected a whole number >= 1 (1: one network)")
         if self.select_by not in SELECT_BY:
             raise PseudoLabelError(f"select_by={self.select_by!r}: expected one of {SELECT_BY}")
 
@@ -109,37 +116,57 @@ def setting_values(heatmaps, setting: dict, images: np.ndarray, probs: np.ndarra
     return scaled_heatmaps(refined, setting["normalisation"], setting.get("reference")), masks
 
 
+def _row(net, norm, val: Dataset, grid: PseudoGrid, band: float, rnd: int, targets, ckpts: list[dict],
+         paths: list[str]) -> dict:
+    """A candidate's validation row (its 3-D clean-up chosen on validation); ``paths``: its networks."""
+    chosen, _ = choose_volume_cleanup(net, norm, val, grid.volume_cleanups, grid.select_by)
+    return {"band": band, "round": rnd, "networks": len(paths), "best_epoch": ckpts[0]["best"]["epoch"],
+            "val_mean_dice": chosen["mean_dice"], "val_patient_dice": chosen["patient_dice"],
+            "val_fp_area": chosen["fp_area"], "volume_cleanup": chosen["volume_cleanup"], **targets.shares(),
+            "train_seconds": sum(c["history"][-1]["seconds"] for c in ckpts), "network": paths[0], "members": paths}
+
+
 def _train(images, targets, val: Dataset, out_dir: Path, grid: PseudoGrid, band: float, rnd: int, **train_kw):
     net, norm, ck = train_on_targets(images, targets, val, out_dir, grid.epochs, empty_share=grid.empty_share,
                                      **train_kw)
-    chosen, _ = choose_volume_cleanup(net, norm, val, grid.volume_cleanups, grid.select_by)
-    row = {"band": band, "round": rnd, "best_epoch": ck["best"]["epoch"], "val_mean_dice": chosen["mean_dice"],
-           "val_patient_dice": chosen["patient_dice"], "val_fp_area": chosen["fp_area"],
-           "volume_cleanup": chosen["volume_cleanup"], **targets.shares(),
-           "train_seconds": ck["history"][-1]["seconds"], "network": str(out_dir / "best.pt")}
-    return row, (net, norm)
+    return _row(net, norm, val, grid, band, rnd, targets, [ck], [str(out_dir / "best.pt")]), (net, norm, ck)
 
 
 def study_source(name: str, values: np.ndarray, masks: np.ndarray, images: np.ndarray, keep: np.ndarray,
                  val: Dataset, out_dir: str | Path, grid: PseudoGrid, choose: bool = True, predict_batch: int = 32,
                  **train_kw) -> SourceStudy:
-    """Train on the pseudo-masks of every band, self-train the best band ``grid.rounds`` times, choose.
+    """Train on the pseudo-masks of every band, self-train the best band ``grid.rounds`` times, average
+    ``grid.ensemble`` networks on the best targets, choose.
 
     ``values``/``masks``: the training slices' heatmaps on their setting's scale and its masks;
-    ``keep``: :func:`.pseudo_labels.kept_slices`. ``choose`` False takes the last network trained
-    (the control, trained with knobs chosen for the CAM). ``train_kw`` go to :func:`.pseudo_labels.train_on_targets`."""
+    ``keep``: :func:`.pseudo_labels.kept_slices`. ``choose`` False takes the last candidate (the control,
+    trained with knobs chosen for the CAM: its ensemble is built on its last targets).
+    ``train_kw`` go to :func:`.pseudo_labels.train_on_targets`."""
     out_dir, key = Path(out_dir), f"val_{grid.select_by}"
-    rows, nets = [], {}
+    rows, nets, targets = [], {}, {}
     for band in grid.bands:
-        row, nets[band, 0] = _train(images, band_targets(values, masks, keep, band), val,
-                                    out_dir / name / f"band{band:g}_round0", grid, band, 0, **train_kw)
+        targets[band, 0] = band_targets(values, masks, keep, band)
+        row, nets[band, 0] = _train(images, targets[band, 0], val, out_dir / name / f"band{band:g}_round0", grid, band,
+                                    0, **train_kw)
         rows.append(row)
     band = max(rows, key=lambda r: r[key])["band"]  # max keeps the first of equals
     for rnd in range(1, grid.rounds + 1):
-        targets = self_training_targets(probability_maps(*nets[band, rnd - 1], images, predict_batch), keep, band)
-        row, nets[band, rnd] = _train(images, targets, val, out_dir / name / f"band{band:g}_round{rnd}", grid, band,
-                                      rnd, **train_kw)
+        targets[band, rnd] = self_training_targets(probability_maps(*nets[band, rnd - 1][:2], images, predict_batch),
+                                                   keep, band)
+        row, nets[band, rnd] = _train(images, targets[band, rnd], val, out_dir / name / f"band{band:g}_round{rnd}",
+                                      grid, band, rnd, **train_kw)
         rows.append(row)
+    if grid.ensemble > 1:
+        best = max(rows, key=lambda r: r[key]) if choose else rows[-1]
+        b, r, seed = best["band"], best["round"], train_kw.pop("seed", 0)
+        members, paths = [nets[b, r]], [best["network"]]
+        for k in range(1, grid.ensemble):
+            folder = out_dir / name / f"band{b:g}_round{r}_seed{seed + k}"
+            members.append(train_on_targets(images, targets[b, r], val, folder, grid.epochs,
+                                            empty_share=grid.empty_share, seed=seed + k, **train_kw))
+            paths.append(str(folder / "best.pt"))
+        net, norm = as_ensemble([(m, n) for m, n, _ in members], paths)
+        rows.append(_row(net, norm, val, grid, b, r, targets[b, r], [c for _, _, c in members], paths))
     chosen = max(rows, key=lambda r: r[key]) if choose else rows[-1]
     return SourceStudy(name, {}, rows, chosen)
 
@@ -180,12 +207,12 @@ def study_pseudo(run_dir: str | Path, grid: PseudoGrid, control: bool = True, ba
                                            setting.get("fuse", "mean"), batch_size, dev,
                                            seed=int(setting.get("seed", 0)), progress=progress)
         values, masks = setting_values(hm, setting, images, p_train, dev)
-        g = grid if name == "cam" else replace(grid, bands=[sources["cam"].chosen["band"]],
-                                               rounds=sources["cam"].chosen["round"])
+        c = sources["cam"].chosen if name != "cam" else {}
+        g = grid if name == "cam" else replace(grid, bands=[c["band"]], rounds=c["round"], ensemble=c["networks"])
         s = study_source(name, values, masks, images, keep, va, Path(models_dir or run_dir / "models" / "pseudo"), g,
                          choose=name == "cam", predict_batch=batch_size, **train_kw)
         del values, masks
-        net, norm, _ = load_network(s.chosen["network"], dev)
+        net, norm, _ = load_networks(s.chosen["members"], dev)
         s.setting, s.unet = setting, protocol.study_unet(net, norm, va, test, grid.volume_cleanups, grid.select_by,
                                                          n_boot, seed, batch_size=batch_size)
         sources[name] = s
@@ -199,7 +226,7 @@ def study_pseudo(run_dir: str | Path, grid: PseudoGrid, control: bool = True, ba
 
 
 COLUMNS = ["masks", "source", "val_mean_dice", "val_patient_dice", "mean_dice", "mean_dice_ci", "patient_dice",
-           "patient_dice_ci", "two_class_dice", "fp_area", "band", "round", "best_epoch", "volume_cleanup"]
+           "patient_dice_ci", "two_class_dice", "fp_area", "band", "round", "networks", "best_epoch", "volume_cleanup"]
 
 
 def source_name(setting: dict) -> str:
@@ -217,7 +244,7 @@ def results_table(study: PseudoStudy) -> pd.DataFrame:
         c = s.chosen
         rows.append({"masks": SOURCES[name], "source": source_name(s.setting), "val_mean_dice": c["val_mean_dice"],
                      "val_patient_dice": c["val_patient_dice"], **{k: s.unet.scores[k] for k in score_keys},
-                     "band": c["band"], "round": c["round"], "best_epoch": c["best_epoch"],
+                     "band": c["band"], "round": c["round"], "networks": c["networks"], "best_epoch": c["best_epoch"],
                      "volume_cleanup": s.unet.chosen["volume_cleanup"]})
         what = "CAM masks it learned from (05)" if name == "cam" else "random-heatmap masks (05)"
         rows.append({"masks": what, "source": source_name(s.setting), "val_mean_dice": s.setting["val_mean_dice"],
@@ -255,12 +282,22 @@ def supervised_row(dice: dict) -> dict:
             **dice["unet"], "volume_cleanup": cleanup}
 
 
+def grid_records(study: PseudoStudy, run_dir: str | Path | None = None) -> list[dict]:
+    """One validation row per candidate (a network, or the mean of several) of every source; paths relative
+    to ``run_dir`` when given, and the members of an ensemble joined by ';' (a row of a CSV file)."""
+    def rel(path: str) -> str:
+        return str(Path(path).relative_to(run_dir)) if run_dir is not None else path
+
+    return [dict(r, source=name, network=rel(r["network"]), members=";".join(rel(m) for m in r["members"]))
+            for name, s in study.sources.items() for r in s.rows]
+
+
 def table_records(table: pd.DataFrame) -> list[dict]:
     """Rows of a table as JSON records: a value a row lacks is left out, counts stay whole numbers."""
     out = []
     for r in table.to_dict(orient="records"):
         r = {k: v for k, v in r.items() if not (isinstance(v, float) and np.isnan(v))}
-        out.append({k: int(v) if k in ("round", "best_epoch") else v for k, v in r.items()})
+        out.append({k: int(v) if k in ("round", "networks", "best_epoch") else v for k, v in r.items()})
     return out
 
 
@@ -274,27 +311,29 @@ def pseudo_record(study: PseudoStudy, table: pd.DataFrame, n_boot: int, run_dir:
     u = supervised_row(study.dice)
 
     def entry(s: SourceStudy) -> dict:
-        path = Path(s.chosen["network"])
-        return {**s.unet.scores, **{k: s.chosen[k] for k in ("band", "round", "best_epoch", "val_mean_dice",
-                                                            "val_patient_dice")},
+        paths = [Path(m) for m in s.chosen["members"]]
+        return {**s.unet.scores, **{k: s.chosen[k] for k in ("band", "round", "networks", "best_epoch",
+                                                            "val_mean_dice", "val_patient_dice")},
                 "volume_cleanup": s.unet.chosen["volume_cleanup"], "source": source_name(s.setting),
-                "network": str(path.relative_to(run_dir)), "network_sha256": file_sha256(path)}
+                # the first network alone, and every network the prediction averages (the first among them)
+                "network": str(paths[0].relative_to(run_dir)), "network_sha256": file_sha256(paths[0]),
+                "members": [{"network": str(m.relative_to(run_dir)), "network_sha256": file_sha256(m)} for m in paths]}
 
     p = entry(cam)
-    grid_rows = [dict(r, source=name, network=str(Path(r["network"]).relative_to(run_dir)))
-                 for name, s in study.sources.items() for r in s.rows]
+    grid_rows = grid_records(study, run_dir)
     return {
         "select_by": grid.select_by,
-        "summary": (f"U-Nets trained on pseudo-masks of the training split (no drawn training mask); band, round and "
-                    f"3-D clean-up chosen on validation by {grid.select_by}, best epoch of {grid.epochs} by validation "
+        "summary": (f"U-Nets trained on pseudo-masks of the training split (no drawn training mask); band, round, "
+                    f"networks averaged and 3-D clean-up chosen on validation by {grid.select_by}, best epoch of {grid.epochs} by validation "
                     f"mean-Dice; test split, 95 % CIs by patient bootstrap ({n_boot}). Pseudo-masks from "
-                    f"{p['source']}: band {p['band']:g}, round {p['round']}; test mean-Dice {p['mean_dice']:.3f}, "
+                    f"{p['source']}: band {p['band']:g}, round {p['round']}, {p['networks']} network(s); test mean-Dice {p['mean_dice']:.3f}, "
                     f"patient Dice {p['patient_dice']:.3f}; its CAM masks {cam.setting['mean_dice']:.3f} / "
                     f"{cam.setting['patient_dice']:.3f}; supervised U-Net {u['mean_dice']:.3f} / {u['patient_dice']:.3f}."),
         "pseudo": p, "control": entry(study.sources["random"]) if "random" in study.sources else None,
         "cam": cam.setting, "unet": u, "random_baseline": study.dice.get("random_baseline"),
         "grid": {"bands": list(grid.bands), "rounds": int(grid.rounds), "epochs": int(grid.epochs),
-                 "empty_share": float(grid.empty_share), "volume_cleanups": list(grid.volume_cleanups)},
+                 "empty_share": float(grid.empty_share), "ensemble": int(grid.ensemble),
+                 "volume_cleanups": list(grid.volume_cleanups)},
         "val_grid": grid_rows, "classifier_sha256": study.dice.get("classifier_sha256"), "seconds": seconds,
         "tables": {TABLE: table_records(table), GRID_TABLE: grid_rows,
                    **({PAIRED_TABLE: pairs.to_dict(orient="records")} if pairs is not None and len(pairs) else {})},

@@ -180,7 +180,9 @@ def pseudo_table(m: dict, run_dir: Path) -> str:
             raise ReadmeError(f"{run_dir / 'metrics/07_pseudo_labels.json'} has no '{key}' entry")
 
     def net(r: dict) -> str:
-        return (f"band {float(r['band']):g}, round {int(r['round'])}, epoch {int(r['best_epoch'])}, "
+        n = int(r.get("networks") or 1)
+        return (f"band {float(r['band']):g}, round {int(r['round'])}, "
+                + (f"mean of {n} networks, " if n > 1 else f"epoch {int(r['best_epoch'])}, ")
                 + _volume_cleanup(r.get("volume_cleanup")))
 
     cam, unet = m["cam"], m["unet"]

@@ -96,16 +96,27 @@ def _check_pseudo_labels(run_dir, dice):
     grid = pd.DataFrame(weak["val_grid"])
     cam, ctrl = grid[grid.source == "cam"], grid[grid.source == "random"]
     knobs = pipeline.load_preset("smoke")["notebooks"]["07_pseudo_labels"]
-    assert len(cam) == len(knobs["bands"]) + knobs["rounds"] and set(cam.band) >= set(knobs["bands"])
-    first = cam[cam["round"] == 0]  # self-training goes on with the band best at round 0
-    assert set(cam.loc[cam["round"] > 0, "band"]) == {first.band.iloc[first.val_mean_dice.to_numpy().argmax()]}
+    # one row per network trained, then the mean of the ensemble's networks on the best targets so far
+    assert knobs["ensemble"] == 2 and list(cam.networks) == [1] * (len(knobs["bands"]) + knobs["rounds"]) + [2]
+    assert set(cam.band) >= set(knobs["bands"])
+    single = cam[cam.networks == 1]
+    first = single[single["round"] == 0]  # self-training goes on with the band best at round 0
+    assert set(single.loc[single["round"] > 0, "band"]) == {first.band.iloc[first.val_mean_dice.to_numpy().argmax()]}
+    best = single.iloc[single.val_mean_dice.to_numpy().argmax()]
+    assert (cam.band.iloc[-1], cam["round"].iloc[-1]) == (best.band, best["round"])
+    assert cam.members.iloc[-1].split(";")[0] == best.network
     assert weak["pseudo"]["val_mean_dice"] == cam.val_mean_dice.max()
-    assert set(ctrl.band) == {weak["pseudo"]["band"]} and list(ctrl["round"]) == list(range(weak["pseudo"]["round"] + 1))
-    assert weak["control"]["round"] == weak["pseudo"]["round"]
+    # the control: the chosen band's rounds, then the mean of as many networks as the choice took
+    n = weak["pseudo"]["networks"]
+    assert set(ctrl.band) == {weak["pseudo"]["band"]} and list(ctrl.networks) == [1] * (weak["pseudo"]["round"] + 1) + (
+        [n] if n > 1 else [])
+    assert list(ctrl.loc[ctrl.networks == 1, "round"]) == list(range(weak["pseudo"]["round"] + 1))
+    assert (weak["control"]["round"], weak["control"]["networks"]) == (weak["pseudo"]["round"], n)
     for r in (weak["pseudo"], weak["control"]):
         lo, hi = r["mean_dice_ci"]
         assert lo <= r["mean_dice"] + 1e-9 and r["mean_dice"] <= hi + 1e-9
-        assert file_sha256(run_dir / r["network"]) == r["network_sha256"]
+        assert len(r["members"]) == r["networks"] and r["members"][0]["network"] == r["network"]
+        assert all(file_sha256(run_dir / m["network"]) == m["network_sha256"] for m in r["members"])
     # the paired comparisons compare the very masks the table scores: each side's value is that row's number
     pairs = {(r["comparison"], r["metric"]): r for r in weak["tables"]["Paired comparisons (test split, a - b per patient)"]}
     assert {c for c, _ in pairs} == {"pseudo-label U-Net vs its CAM masks", "supervised vs pseudo-label U-Net",
@@ -256,4 +267,14 @@ def test_evaluate_refuses_a_network_07_did_not_score(tmp_path):
     (tmp_path / "metrics" / "07_pseudo_labels.json").write_text(json.dumps(
         {"pseudo": {"network": str(net.relative_to(tmp_path)), "network_sha256": "0" * 64, "volume_cleanup": 0.0}}))
     with pytest.raises(evaluate.RunError, match=r"not the network 07 scored .*--from 07_pseudo_labels"):
+        evaluate.pseudo_network(tmp_path)
+    # a mean of networks: every one of them must be the one 07 scored, not only the first
+    good = {"network": str(net.relative_to(tmp_path)), "network_sha256": file_sha256(net)}
+    other = net.parent.parent / "band0_round0_seed1" / "best.pt"
+    other.parent.mkdir()
+    other.write_bytes(b"a network trained since")
+    (tmp_path / "metrics" / "07_pseudo_labels.json").write_text(json.dumps({"pseudo": {
+        **good, "volume_cleanup": 0.0, "members": [good, {"network": str(other.relative_to(tmp_path)),
+                                                          "network_sha256": "0" * 64}]}}))
+    with pytest.raises(evaluate.RunError, match=r"band0_round0_seed1/best.pt is missing or not the network 07 scored"):
         evaluate.pseudo_network(tmp_path)

@@ -14,12 +14,16 @@ from camseg_utils import data, pseudo_study
 from camseg_utils.pseudo_labels import (
     PseudoLabelError,
     Targets,
+    as_ensemble,
     band_targets,
     kept_slices,
     load_network,
+    load_networks,
+    probability_maps,
     self_training_targets,
 )
-from camseg_utils.unet import segmentation_loss
+from camseg_utils.train import Normalise
+from camseg_utils.unet import UNet, segmentation_loss
 
 T, F_ = True, False
 
@@ -159,3 +163,45 @@ def test_training_masks_are_never_read(smoke_run, tmp_path):
         assert ca["config"] == cb["config"]  # holds the digest of the targets: the same pseudo-masks
         assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])  # the same network
     assert a.unet.scores == b.unet.scores
+
+
+# ------------------------------------------------------------------ several networks as one
+
+
+def test_the_mean_of_networks_is_one_more_candidate_and_the_control_follows_the_choice(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    _minimal_run(run_dir, tmp_path / "run")
+    grid = pseudo_study.PseudoGrid(bands=[0.3], rounds=0, epochs=1, empty_share=0.1, ensemble=2)
+    study = pseudo_study.study_pseudo(tmp_path / "run", grid, device="cpu", n_boot=20, resume=False, progress=False,
+                                      seed=4)
+    cam = study.sources["cam"]
+    one, mean = cam.rows
+    assert (one["networks"], mean["networks"]) == (1, 2) and mean["members"][0] == one["network"]
+    first, second = (load_network(p)[2] for p in mean["members"])
+    assert "seed5" in mean["members"][1] and (first["config"]["seed"], second["config"]["seed"]) == (4, 5)
+    same = {k: v for k, v in first["config"].items() if k != "seed"}
+    assert same == {k: v for k, v in second["config"].items() if k != "seed"}  # the same targets and recipe
+    # the prediction is the mean of the two networks' probabilities
+    images = study.test.images
+    both, norm, _ = load_networks(mean["members"])
+    want = np.mean([probability_maps(*load_network(p)[:2], images) for p in mean["members"]], 0)
+    assert np.allclose(probability_maps(both, norm, images), want, atol=1e-5)
+    assert cam.chosen is max(cam.rows, key=lambda r: r["val_mean_dice"])
+    control = study.sources["random"]
+    assert control.chosen["networks"] == cam.chosen["networks"] and len(control.rows) == cam.chosen["networks"]
+    record = pseudo_study.pseudo_record(study, pseudo_study.results_table(study), 20, tmp_path / "run", 0.0)
+    p = record["pseudo"]
+    assert p["networks"] == len(p["members"]) == cam.chosen["networks"] and record["grid"]["ensemble"] == 2
+    assert p["members"][0]["network"] == p["network"] and p["members"][0]["network_sha256"] == p["network_sha256"]
+
+
+def test_networks_trained_on_other_images_are_not_averaged():
+    a = (UNet(4), Normalise([0.1, 0.2, 0.3], [1.0, 1.0, 1.0]))
+    b = (UNet(4), Normalise([0.1, 0.2, 0.4], [1.0, 1.0, 1.0]))
+    assert as_ensemble([a], ["a.pt"]) == a
+    with pytest.raises(PseudoLabelError, match="b.pt was trained on other images than a.pt"):
+        as_ensemble([a, b], ["a.pt", "b.pt"])
+    with pytest.raises(PseudoLabelError, match="no network path"):
+        load_networks([])
+    with pytest.raises(PseudoLabelError, match="ensemble=0"):
+        pseudo_study.PseudoGrid(ensemble=0)
