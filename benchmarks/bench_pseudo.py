@@ -10,9 +10,12 @@ folder's heatmap cache is read (and filled, for the training split, when 07 has 
     python benchmarks/bench_pseudo.py --run runs/lgg_cpu --epochs 10 --bands 0 --rounds 0
     python benchmarks/bench_pseudo.py --run runs/lgg_cpu --epochs 5 --bands 0 0.3 --rounds 1 --threads 2
     python benchmarks/bench_pseudo.py --run runs/lgg_cpu --bands 0 0.3 --rounds 1 --threads 2 --seeds 0 1 2
+    python benchmarks/bench_pseudo.py --run runs/lgg_cpu --bands 0 0.3 --rounds 1 --ensemble 3 --threads 2 --seeds 0 3 6
 
 With several ``--seeds`` the whole choice is made once per U-Net training seed (the classifier and its
 heatmaps stay those of the run) and the last line gives the test figures' mean and spread over them.
+With ``--ensemble K`` a seed S trains seeds S .. S + K - 1 for the mean of networks: seeds K apart
+share no network.
 """
 
 import argparse
@@ -34,11 +37,12 @@ ap.add_argument("--bands", nargs="+", type=float, default=[0.0])
 ap.add_argument("--rounds", type=int, default=0)
 ap.add_argument("--empty-share", type=float, default=0.5)
 ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU numbers depend on it)")
+ap.add_argument("--ensemble", type=int, default=1, help="networks averaged on the best targets (07's ensemble)")
 ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="U-Net training seeds, each a whole 07 choice")
 ap.add_argument("--out", default=None, help="folder for the networks (kept; a rerun reuses them)")
 args = ap.parse_args()
 
-grid = pseudo_study.PseudoGrid(args.bands, args.rounds, args.epochs, args.empty_share)
+grid = pseudo_study.PseudoGrid(args.bands, args.rounds, args.epochs, args.empty_share, ensemble=args.ensemble)
 scores = []
 for seed in args.seeds:
     with tempfile.TemporaryDirectory() as tmp, pinned_threads(args.threads):
@@ -49,10 +53,11 @@ for seed in args.seeds:
         cam = study.sources["cam"]
         history = load_torch(cam.chosen["network"], "pseudo-label U-Net checkpoint")["history"]
     print(f"run {args.run}; knobs: bands {args.bands}, rounds {args.rounds}, epochs {args.epochs}, empty share "
-          f"{args.empty_share}; seed {seed}; {args.threads} torch thread(s), CPU; {seconds:.0f} s")
+          f"{args.empty_share}, ensemble {args.ensemble}; seed {seed}; {args.threads} torch thread(s), CPU; {seconds:.0f} s")
     print(f"pseudo-masks from {pseudo_study.source_name(cam.setting)}")
     for row in cam.rows:
-        print(f"  band {row['band']:g} round {row['round']}: best epoch {row['best_epoch']}, val mean-Dice "
+        print(f"  band {row['band']:g} round {row['round']}, {row['networks']} network(s): best epoch "
+              f"{row['best_epoch']}, val mean-Dice "
               f"{row['val_mean_dice']:.3f}, val patient Dice {row['val_patient_dice']:.3f}")
     print("  chosen network's val mean-Dice per epoch: " + " ".join(f"{h['val_mean_dice']:.3f}" for h in history))
     print(pseudo_study.results_table(study).to_string(index=False))
