@@ -1,8 +1,9 @@
 """Training throughput: the training step against a bare forward + backward, and the two memory layouts.
 
 The data path (indexing the on-device uint8 split, augmentation, normalisation) must not be
-the bottleneck: target within 15 % of the bare loop. Training runs channels-last on every
-device; the bare loop is also timed in the default (NCHW) layout, so the choice stays measured, and
+the bottleneck: target within 15 % of the bare loop. The classifiers train channels-last on every
+device, the U-Net too except in bfloat16 on a CPU (``camseg_utils.unet.training_layout``); the bare
+loop is timed in both layouts, so the choice stays measured, and
 in float32 where training autocasts to bfloat16 (``camseg_utils.device.train_bf16``), so that one does too.
 ``unet`` is the segmentation network of notebooks 05 and 07 (``--unet-width``, segmentation loss).
 
@@ -53,6 +54,7 @@ def build(arch: str, layout: torch.memory_format) -> torch.nn.Module:
 
 for arch in args.archs:
     seg = arch == "unet"
+    trains_in = "nchw" if seg and unet.training_layout(dev, amp) == torch.contiguous_format else "cl"
     nets = {"nchw": build(arch, torch.contiguous_format), "cl": build(arch, CL)}
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-3) for k, m in nets.items()}
     norm = train.Normalise(*train.channel_stats(ds.images)).to(dev)
@@ -78,9 +80,9 @@ for arch in args.archs:
         pos[0] += args.batch
         if seg:
             xb, yb = train.augment_batch(x_all[idx].float() / 255, gen, y_all[idx][:, None])
-            step("cl", norm(xb), yb[:, 0])
+            step(trains_in, norm(xb), yb[:, 0])
         else:
-            step("cl", norm(train.augment_batch(x_all[idx].float() / 255, gen)), y_all[idx])
+            step(trains_in, norm(train.augment_batch(x_all[idx].float() / 255, gen)), y_all[idx])
 
     cases = {"bare nchw": lambda: step("nchw", xb_fixed, yb_fixed), "bare": lambda: step("cl", xb_fixed, yb_fixed),
              "training": full, **({"bare float32": lambda: step("cl", xb_fixed, yb_fixed, False)} if amp else {})}
@@ -96,6 +98,8 @@ for arch in args.archs:
             sync()
             rates.setdefault(label, []).append(args.steps * args.batch / (time.perf_counter() - t))
     n, b, f = (max(rates[k]) for k in ("bare nchw", "bare", "training"))
+    used = b if trains_in == "cl" else n
     fp32 = f" | channels-last in float32 {max(rates['bare float32']):8.1f} img/s" if amp else ""
     print(f"{arch:12s} bare forward+backward: NCHW {n:8.1f} img/s, channels-last {b:8.1f} img/s "
-          f"(x{b / n:.2f}) | training step with data path {f:8.1f} img/s | ratio {f / b:.2f}{fp32}", flush=True)
+          f"(x{b / n:.2f}) | trains {'channels-last' if trains_in == 'cl' else 'NCHW'}, step with data path "
+          f"{f:8.1f} img/s | ratio {f / used:.2f}{fp32}", flush=True)

@@ -43,7 +43,7 @@ from .device import precision_name, resolve_device, to_tensor, train_bf16
 from .io import UnreadableFileError, arrays_digest, load_torch, save_torch
 from .metrics import mean_dice
 from .train import Normalise, augment_batch, channel_stats, seed_everything, versions
-from .unet import UNet, logit_maps, predict_masks, segmentation_loss
+from .unet import UNet, layout_name, logit_maps, predict_masks, segmentation_loss, training_layout
 
 CLASSIFIER_GATE = 0.5  # a slice the classifier calls tumour-free (probability below this) gets an empty target
 RETRAIN_HINT = "; re-create it with: python -m camseg_utils.pipeline --preset NAME --from 07_pseudo_labels"
@@ -202,8 +202,9 @@ def train_on_targets(images: np.ndarray, targets: Targets, val: Dataset, out_dir
         raise PseudoLabelError(f"empty_share={empty_share!r}: expected a share in (0, 1]")
     out_dir, dev = Path(out_dir), resolve_device(device)
     bf16 = train_bf16(dev)
+    layout = training_layout(dev, bf16)
     config = {"epochs": int(epochs), "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
-              "precision": precision_name(bf16),
+              "precision": precision_name(bf16), "layout": layout_name(layout),
               "empty_share": float(empty_share), "image_size": int(images.shape[1]),
               "data_sha256": arrays_digest(images, targets.mask, targets.ignore, val.images, val.masks)}
     path = out_dir / "best.pt"
@@ -216,7 +217,7 @@ def train_on_targets(images: np.ndarray, targets: Targets, val: Dataset, out_dir
     seed_everything(seed)
     mean, std = channel_stats(images)
     norm = Normalise(mean, std).to(dev)
-    model = UNet(width).to(dev).to(memory_format=torch.channels_last)  # as the classifiers
+    model = UNet(width).to(dev).to(memory_format=layout)  # as 05's U-Net
     x = to_tensor(images, dev)
     y = torch.from_numpy(np.stack([targets.mask, targets.ignore], 1)).to(dev)
     has = torch.from_numpy(np.flatnonzero(targets.mask.any((1, 2)) | targets.ignore.any((1, 2))))
@@ -242,7 +243,7 @@ def train_on_targets(images: np.ndarray, targets: Targets, val: Dataset, out_dir
             idx = perm[s * batch_size:(s + 1) * batch_size]
             xb, yb = augment_batch(x[idx].float() / 255, aug_gen, y[idx].float())
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(norm(xb).contiguous(memory_format=torch.channels_last))
+                logits = model(norm(xb).contiguous(memory_format=layout))
             loss = segmentation_loss(logits.float(), yb[:, 0], yb[:, 1])
             opt.zero_grad(set_to_none=True)
             loss.backward()

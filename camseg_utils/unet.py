@@ -124,6 +124,19 @@ def load_unet(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.
     return model.eval(), Normalise(ckpt["norm_mean"], ckpt["norm_std"]).to(device), ckpt
 
 
+def training_layout(device: torch.device, bf16: bool) -> torch.memory_format:
+    """The memory layout the U-Net trains in (05's and 07's).
+
+    Channels-last, as the classifiers, except under bfloat16 autocast on a CPU: there channels-last's
+    BatchNorm backward on bfloat16 activations took over half of a width-8 U-Net's step, and the default
+    layout is faster (``benchmarks/bench_train.py --archs unet`` times both; docs/experiments.md)."""
+    return torch.contiguous_format if bf16 and device.type == "cpu" else torch.channels_last
+
+
+def layout_name(layout: torch.memory_format) -> str:
+    return "channels_last" if layout == torch.channels_last else "contiguous"
+
+
 def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 10, batch_size: int = 16,
                lr: float = 3e-3, width: int = 16, seed: int = 0, device: str = "auto", split_hash: str = "",
                progress: bool = True, resume: bool = True) -> tuple[nn.Module, Normalise, dict]:
@@ -133,8 +146,9 @@ def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 
     out_dir = Path(out_dir)
     dev = resolve_device(device)
     bf16 = train_bf16(dev)
+    layout = training_layout(dev, bf16)
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
-              "precision": precision_name(bf16), "image_size": int(train.images.shape[1]), "split_hash": split_hash,
+              "precision": precision_name(bf16), "layout": layout_name(layout), "image_size": int(train.images.shape[1]), "split_hash": split_hash,
               "data_sha256": arrays_digest(train.images, train.masks, val.images, val.masks)}
     path = out_dir / "best.pt"
     if resume and path.exists():
@@ -146,7 +160,7 @@ def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 
     seed_everything(seed)
     mean, std = channel_stats(train.images)
     norm = Normalise(mean, std).to(dev)
-    model = UNet(width).to(dev).to(memory_format=torch.channels_last)  # as the classifiers
+    model = UNet(width).to(dev).to(memory_format=layout)
     x, y = to_tensor(train.images, dev), torch.from_numpy(np.ascontiguousarray(train.masks)).to(dev)
     steps = math.ceil(len(x) / batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -162,7 +176,7 @@ def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 
             idx = perm[s * batch_size:(s + 1) * batch_size]
             xb, yb = augment_batch(x[idx].float() / 255, aug_gen, y[idx].float()[:, None])
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):  # as the classifiers
-                logits = model(norm(xb).contiguous(memory_format=torch.channels_last))
+                logits = model(norm(xb).contiguous(memory_format=layout))
             loss = segmentation_loss(logits.float(), yb[:, 0])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -166,7 +166,7 @@ def test_augmentation_flips_rotates_moves_masks_alike_and_is_deterministic_under
         assert np.polyfit(cols, rows, 1)[0] == pytest.approx(want, abs=0.04), i
 
 
-def test_training_precision_follows_the_device_and_a_checkpoint_of_another_is_not_reused(tiny, tmp_path, monkeypatch):
+def test_training_precision_and_layout_follow_the_device_and_a_checkpoint_of_another_is_not_reused(tiny, tmp_path, monkeypatch):
     from camseg_utils import device as dev_mod
     from camseg_utils import unet
 
@@ -190,6 +190,9 @@ def test_training_precision_follows_the_device_and_a_checkpoint_of_another_is_no
     bf16 = train.train_classifier(tr, va, cfg, tmp_path / "c", split_hash="h", progress=False)
     u16 = unet.train_unet(tr, va, tmp_path / "u", epochs=1, width=4, device="cpu", progress=False)[2]
     assert bf16["precision"] == u16["config"]["precision"] == "bfloat16"
+    # the U-Net leaves channels-last only under bfloat16 on a CPU, and says so
+    assert (u32["config"]["layout"], u16["config"]["layout"]) == ("channels_last", "contiguous")
+    assert unet.training_layout(torch.device("meta"), True) == torch.channels_last  # any other device
     # trained afresh in bfloat16, not the float32 networks served again
     assert bf16["history"][0]["train_loss"] != fp32["history"][0]["train_loss"]
     assert u16["history"][0]["train_loss"] != u32["history"][0]["train_loss"]
