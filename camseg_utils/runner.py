@@ -90,6 +90,27 @@ def kept_memory():
             os.environ.pop(k, None)
 
 
+# A kernel imports camseg_utils from its own sys.path. Where camseg is also installed from another
+# checkout (an editable install elsewhere, an older release), the notebooks would run that code while
+# the run records this one's commit and source digest. Stage kernels, and the workers they start, get
+# the folder this package lies in first on PYTHONPATH.
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+@contextmanager
+def same_package():
+    """Kernels started inside import this camseg_utils, whatever else is installed; PYTHONPATH restored after."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + old if old else "")
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
 @contextmanager
 def kernel_manager():
     """The kernel manager class for one stage's kernel (None: jupyter_client's default).
@@ -231,7 +252,7 @@ def _run_stages(preset, overrides, stages, declared, params_of, nb_dir, run_dir,
         t = time.perf_counter()
         since = time.time_ns() - 1_000_000  # filesystems round times: a margin of 1 ms
         try:
-            with kept_memory(), kernel_manager() as manager_class:
+            with kept_memory(), same_package(), kernel_manager() as manager_class:
                 papermill.execute_notebook(
                     str(nb), str(out_nb), parameters=call, kernel_name="python3", progress_bar=progress,
                     cwd=str(nb.parent if os.access(nb.parent, os.W_OK) else run_dir), log_output=False,

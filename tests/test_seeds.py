@@ -6,6 +6,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -160,6 +161,28 @@ def test_stage_kernels_keep_freed_memory_unless_the_user_set_otherwise(tmp_path,
     printed = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4).cells[0].outputs[0]["text"].split()
     assert printed == [KEPT_MEMORY["MALLOC_MMAP_THRESHOLD_"], "12345"]
     assert "MALLOC_MMAP_THRESHOLD_" not in os.environ and os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
+
+
+def test_stage_kernels_import_the_package_that_runs_them(tmp_path, monkeypatch):
+    import nbformat
+    import papermill
+
+    import camseg_utils
+    from camseg_utils.runner import kernel_manager, same_package
+
+    decoy = tmp_path / "elsewhere" / "camseg_utils"  # another camseg_utils, first on the path
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(decoy.parent))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import camseg_utils; print(camseg_utils.__file__)")]
+    nbformat.write(nb, str(tmp_path / "which.ipynb"))
+    with same_package(), kernel_manager() as manager_class:
+        papermill.execute_notebook(str(tmp_path / "which.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                   progress_bar=False, **({"kernel_manager_class": manager_class} if manager_class else {}))
+    printed = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4).cells[0].outputs[0]["text"].strip()
+    assert Path(printed).resolve() == Path(camseg_utils.__file__).resolve()
+    assert os.environ["PYTHONPATH"] == str(decoy.parent)  # restored
 
 
 def test_a_dask_local_cluster_gives_the_numbers_of_one_by_one(seq, tmp_path):
