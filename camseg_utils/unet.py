@@ -148,7 +148,8 @@ def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 
     bf16 = train_bf16(dev)
     layout = training_layout(dev, bf16)
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
-              "precision": precision_name(bf16), "layout": layout_name(layout), "image_size": int(train.images.shape[1]), "split_hash": split_hash,
+              "precision": precision_name(bf16), "layout": layout_name(layout),
+              "image_size": int(train.images.shape[1]), "split_hash": split_hash,
               "data_sha256": arrays_digest(train.images, train.masks, val.images, val.masks)}
     path = out_dir / "best.pt"
     if resume and path.exists():
