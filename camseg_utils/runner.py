@@ -79,15 +79,23 @@ KEPT_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_
 
 
 @contextmanager
-def kept_memory():
-    """Kernels started inside get :data:`KEPT_MEMORY` in their environment (where not already set); restored after."""
-    added = {k: v for k, v in KEPT_MEMORY.items() if k not in os.environ}
-    os.environ.update(added)
+def _environment(changes: dict[str, str]):
+    """os.environ with ``changes`` applied for the block (kernels started inside inherit them); restored after."""
+    before = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
     try:
         yield
     finally:
-        for k in added:
-            os.environ.pop(k, None)
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def kept_memory():
+    """Kernels started inside get :data:`KEPT_MEMORY` in their environment (where not already set); restored after."""
+    return _environment({k: v for k, v in KEPT_MEMORY.items() if k not in os.environ})
 
 
 # A kernel imports camseg_utils from its own sys.path. Where camseg is also installed from another
@@ -97,18 +105,10 @@ def kept_memory():
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-@contextmanager
 def same_package():
     """Kernels started inside import this camseg_utils, whatever else is installed; PYTHONPATH restored after."""
     old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + old if old else "")
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+    return _environment({"PYTHONPATH": PACKAGE_ROOT + (os.pathsep + old if old else "")})
 
 
 @contextmanager

@@ -143,45 +143,44 @@ def test_kernels_started_side_by_side_never_share_an_address():
     assert not any(os.path.exists(f) for f in folders)  # nothing left behind
 
 
-def test_stage_kernels_keep_freed_memory_unless_the_user_set_otherwise(tmp_path, monkeypatch):
+def _printed_in_a_stage_kernel(tmp_path, code: str, environment) -> str:
+    """What one code cell prints in a kernel started as the runner starts a stage's, inside ``environment``."""
     import nbformat
     import papermill
 
-    from camseg_utils.runner import KEPT_MEMORY, kept_memory, kernel_manager
+    from camseg_utils.runner import kernel_manager
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(code)]
+    nbformat.write(nb, str(tmp_path / "cell.ipynb"))
+    with environment, kernel_manager() as manager_class:
+        papermill.execute_notebook(str(tmp_path / "cell.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                   progress_bar=False, **({"kernel_manager_class": manager_class} if manager_class else {}))
+    return nbformat.read(str(tmp_path / "out.ipynb"), as_version=4).cells[0].outputs[0]["text"]
+
+
+def test_stage_kernels_keep_freed_memory_unless_the_user_set_otherwise(tmp_path, monkeypatch):
+    from camseg_utils.runner import KEPT_MEMORY, kept_memory
 
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")  # the user's own setting
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(
-        "import os; print(os.environ.get('MALLOC_MMAP_THRESHOLD_'), os.environ.get('MALLOC_TRIM_THRESHOLD_'))")]
-    nbformat.write(nb, str(tmp_path / "env.ipynb"))
-    with kept_memory(), kernel_manager() as manager_class:
-        papermill.execute_notebook(str(tmp_path / "env.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
-                                   progress_bar=False, **({"kernel_manager_class": manager_class} if manager_class else {}))
-    printed = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4).cells[0].outputs[0]["text"].split()
+    printed = _printed_in_a_stage_kernel(
+        tmp_path, "import os; print(os.environ.get('MALLOC_MMAP_THRESHOLD_'), os.environ.get('MALLOC_TRIM_THRESHOLD_'))",
+        kept_memory()).split()
     assert printed == [KEPT_MEMORY["MALLOC_MMAP_THRESHOLD_"], "12345"]
     assert "MALLOC_MMAP_THRESHOLD_" not in os.environ and os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
 
 
 def test_stage_kernels_import_the_package_that_runs_them(tmp_path, monkeypatch):
-    import nbformat
-    import papermill
-
     import camseg_utils
-    from camseg_utils.runner import kernel_manager, same_package
+    from camseg_utils.runner import same_package
 
     decoy = tmp_path / "elsewhere" / "camseg_utils"  # another camseg_utils, first on the path
     decoy.mkdir(parents=True)
     (decoy / "__init__.py").write_text("")
     monkeypatch.setenv("PYTHONPATH", str(decoy.parent))
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("import camseg_utils; print(camseg_utils.__file__)")]
-    nbformat.write(nb, str(tmp_path / "which.ipynb"))
-    with same_package(), kernel_manager() as manager_class:
-        papermill.execute_notebook(str(tmp_path / "which.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
-                                   progress_bar=False, **({"kernel_manager_class": manager_class} if manager_class else {}))
-    printed = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4).cells[0].outputs[0]["text"].strip()
-    assert Path(printed).resolve() == Path(camseg_utils.__file__).resolve()
+    printed = _printed_in_a_stage_kernel(tmp_path, "import camseg_utils; print(camseg_utils.__file__)", same_package())
+    assert Path(printed.strip()).resolve() == Path(camseg_utils.__file__).resolve()
     assert os.environ["PYTHONPATH"] == str(decoy.parent)  # restored
 
 
