@@ -28,8 +28,6 @@ Our design decisions (not the paper's):
 
 from __future__ import annotations
 
-import math
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +37,10 @@ import torch
 import torch.nn as nn
 
 from .data import Dataset
-from .device import precision_name, resolve_device, to_tensor, train_bf16
-from .io import UnreadableFileError, arrays_digest, load_torch, save_torch
-from .metrics import mean_dice
-from .train import Normalise, augment_batch, channel_stats, seed_everything, versions
-from .unet import UNet, layout_name, logit_maps, predict_masks, segmentation_loss, training_layout
+from .device import precision_name, resolve_device, train_bf16
+from .io import arrays_digest, load_torch
+from .train import Normalise
+from .unet import UNet, fit_unet, layout_name, logit_maps, resumed, training_layout
 
 CLASSIFIER_GATE = 0.5  # a slice the classifier calls tumour-free (probability below this) gets an empty target
 RETRAIN_HINT = "; re-create it with: python -m camseg_utils.pipeline --preset NAME --from 07_pseudo_labels"
@@ -190,9 +187,8 @@ def train_on_targets(images: np.ndarray, targets: Targets, val: Dataset, out_dir
     """Train the U-Net on uint8 N x H x W x 3 training ``images`` and their :class:`Targets` (or, with
     ``resume``, reload a ``best.pt`` made with the same settings from the same pixels and targets).
 
-    The epoch with the best mean-Dice on ``val`` (its drawn masks) is kept, as for 05's U-Net."""
-    from tqdm.auto import tqdm
-
+    The epoch with the best mean-Dice on ``val`` (its drawn masks) is kept: 05's training loop
+    (:func:`.unet.fit_unet`), each epoch over the slices with a target and ``empty_share`` of the others."""
     if len(images) != len(targets) or np.asarray(images).shape[1:3] != targets.mask.shape[1:]:
         raise PseudoLabelError(f"{len(images)} images of {np.asarray(images).shape[1:3]} but {len(targets)} targets of "
                                f"{targets.mask.shape[1:]}")
@@ -200,68 +196,26 @@ def train_on_targets(images: np.ndarray, targets: Targets, val: Dataset, out_dir
         raise PseudoLabelError(f"epochs={epochs!r}: expected a whole number >= 1")
     if not 0 < empty_share <= 1:
         raise PseudoLabelError(f"empty_share={empty_share!r}: expected a share in (0, 1]")
-    out_dir, dev = Path(out_dir), resolve_device(device)
+    dev = resolve_device(device)
     bf16 = train_bf16(dev)
-    layout = training_layout(dev, bf16)
     config = {"epochs": int(epochs), "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
-              "precision": precision_name(bf16), "layout": layout_name(layout),
+              "precision": precision_name(bf16), "layout": layout_name(training_layout(dev, bf16)),
               "empty_share": float(empty_share), "image_size": int(images.shape[1]),
               "data_sha256": arrays_digest(images, targets.mask, targets.ignore, val.images, val.masks)}
-    path = out_dir / "best.pt"
-    if resume and path.exists():
-        try:
-            if load_torch(path, "pseudo-label U-Net checkpoint").get("config") == config:
-                return load_network(path, dev)
-        except UnreadableFileError as e:  # a cache: recompute it
-            warnings.warn(f"{e}: training afresh", stacklevel=2)
-    seed_everything(seed)
-    mean, std = channel_stats(images)
-    norm = Normalise(mean, std).to(dev)
-    model = UNet(width).to(dev).to(memory_format=layout)  # as 05's U-Net
-    x = to_tensor(images, dev)
-    y = torch.from_numpy(np.stack([targets.mask, targets.ignore], 1)).to(dev)
-    has = torch.from_numpy(np.flatnonzero(targets.mask.any((1, 2)) | targets.ignore.any((1, 2))))
-    empty = torch.from_numpy(np.flatnonzero(~(targets.mask.any((1, 2)) | targets.ignore.any((1, 2)))))
+    path = Path(out_dir) / "best.pt"
+    done = resume and resumed(path, config, "pseudo-label U-Net checkpoint", lambda p: load_network(p, dev))
+    if done:
+        return done
+    marked = targets.mask.any((1, 2)) | targets.ignore.any((1, 2))
+    has, empty = torch.from_numpy(np.flatnonzero(marked)), torch.from_numpy(np.flatnonzero(~marked))
     n_empty = len(empty) if empty_share == 1 else int(round(empty_share * len(empty)))
-    steps = math.ceil((len(has) + n_empty) / batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    # one-cycle needs more than 5 steps at pct_start 0.2; a tiny run of fewer ends before its schedule does
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(epochs * steps, 6), pct_start=0.2)
-    gen = torch.Generator().manual_seed(seed)  # epoch order and the empty slices drawn, on the CPU
-    aug_gen = torch.Generator(device=dev).manual_seed(seed)  # augmentation, on the device
-    val_gt = np.asarray(val.masks)
-    best, state, history, t0 = None, None, [], time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
+
+    def order(gen: torch.Generator) -> torch.Tensor:
+        """Every slice with a target, and ``n_empty`` of the empty ones drawn afresh, shuffled."""
         if n_empty == len(empty):
-            perm = torch.randperm(len(x), generator=gen)
-        else:
-            pick = torch.cat([has, empty[torch.randperm(len(empty), generator=gen)[:n_empty]]])
-            perm = pick[torch.randperm(len(pick), generator=gen)]
-        perm, total = perm.to(dev), torch.zeros((), device=dev)
-        for s in tqdm(range(steps), desc=f"U-Net epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
-            idx = perm[s * batch_size:(s + 1) * batch_size]
-            xb, yb = augment_batch(x[idx].float() / 255, aug_gen, y[idx].float())
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(norm(xb).contiguous(memory_format=layout))
-            loss = segmentation_loss(logits.float(), yb[:, 0], yb[:, 1])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach() * len(idx)
-        seen = len(perm)
-        vd = mean_dice(predict_masks(model, norm, val.images), val_gt)
-        history.append({"epoch": epoch + 1, "train_loss": total.item() / seen, "val_mean_dice": vd,
-                        "seconds": time.perf_counter() - t0})
-        if progress:
-            print(f"U-Net epoch {epoch + 1}/{epochs}: loss {total.item() / seen:.3f}, val mean-Dice {vd:.3f}")
-        if best is None or vd > best["val_mean_dice"]:
-            best = dict(history[-1])
-            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(state)
-    ckpt = {"config": config, "model": state, "norm_mean": mean, "norm_std": std, "best": best, "history": history,
-            "versions": versions()}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_torch(path, ckpt)
-    return model.eval(), norm, ckpt
+            return torch.randperm(len(images), generator=gen)
+        pick = torch.cat([has, empty[torch.randperm(len(empty), generator=gen)[:n_empty]]])
+        return pick[torch.randperm(len(pick), generator=gen)]
+
+    y = torch.from_numpy(np.stack([targets.mask, targets.ignore], 1))
+    return fit_unet(images, y, val, path, config, dev, len(has) + n_empty, order, progress)

@@ -137,65 +137,98 @@ def layout_name(layout: torch.memory_format) -> str:
     return "channels_last" if layout == torch.channels_last else "contiguous"
 
 
-def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 10, batch_size: int = 16,
-               lr: float = 3e-3, width: int = 16, seed: int = 0, device: str = "auto", split_hash: str = "",
-               progress: bool = True, resume: bool = True) -> tuple[nn.Module, Normalise, dict]:
-    """Train (or, with ``resume``, reload a ``best.pt`` made with the same settings from the same pixels) the U-Net."""
+def memory_layout(name: str) -> torch.memory_format:
+    """:func:`layout_name`'s inverse."""
+    return torch.channels_last if name == "channels_last" else torch.contiguous_format
+
+
+def resumed(path: Path, config: dict, what: str, load) -> tuple[nn.Module, Normalise, dict] | None:
+    """``load(path)`` where ``path`` holds a network trained with exactly ``config``, else None (an unreadable
+    file is a cache to recompute, with a warning; one made with other settings or data is trained afresh)."""
+    if not path.exists():
+        return None
+    try:
+        if load_torch(path, what).get("config") == config:
+            return load(path)
+    except UnreadableFileError as e:
+        warnings.warn(f"{e}: training afresh", stacklevel=3)
+    return None
+
+
+def fit_unet(images: np.ndarray, targets: torch.Tensor, val: Dataset, path: Path, config: dict, dev: torch.device,
+             per_epoch: int | None = None, order=None, progress: bool = True) -> tuple[nn.Module, Normalise, dict]:
+    """The training loop of both U-Nets (05's on drawn masks, 07's on pseudo-masks); saves the checkpoint to ``path``.
+
+    ``images``: uint8 N x H x W x 3; ``targets``: N x 1 x H x W (tumour) or N x 2 x H x W (tumour, pixels the
+    loss ignores); ``config``: the checkpoint's settings (``epochs``, ``batch_size``, ``lr``, ``width``, ``seed``,
+    ``precision``, ``layout`` and whatever identifies the data). Each epoch visits ``per_epoch`` slices (default
+    all) in the order ``order(generator)`` draws (default a permutation of all). The epoch with the best
+    validation mean-Dice (on ``val``'s drawn masks) is kept.
+    """
     from tqdm.auto import tqdm
 
-    out_dir = Path(out_dir)
-    dev = resolve_device(device)
-    bf16 = train_bf16(dev)
-    layout = training_layout(dev, bf16)
-    config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
-              "precision": precision_name(bf16), "layout": layout_name(layout),
-              "image_size": int(train.images.shape[1]), "split_hash": split_hash,
-              "data_sha256": arrays_digest(train.images, train.masks, val.images, val.masks)}
-    path = out_dir / "best.pt"
-    if resume and path.exists():
-        try:
-            if load_torch(path, "U-Net checkpoint").get("config") == config:
-                return load_unet(path, dev)
-        except UnreadableFileError as e:  # a cache: recompute it
-            warnings.warn(f"{e}: training the U-Net afresh", stacklevel=2)
+    epochs, batch_size, seed = config["epochs"], config["batch_size"], config["seed"]
+    bf16, layout = config["precision"] == precision_name(True), memory_layout(config["layout"])
     seed_everything(seed)
-    mean, std = channel_stats(train.images)
+    mean, std = channel_stats(images)
     norm = Normalise(mean, std).to(dev)
-    model = UNet(width).to(dev).to(memory_format=layout)
-    x, y = to_tensor(train.images, dev), torch.from_numpy(np.ascontiguousarray(train.masks)).to(dev)
-    steps = math.ceil(len(x) / batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.2)
-    gen = torch.Generator().manual_seed(seed)  # epoch order, on the CPU
+    model = UNet(config["width"]).to(dev).to(memory_format=layout)
+    x, y = to_tensor(images, dev), targets.to(dev)
+    per_epoch = len(x) if per_epoch is None else per_epoch
+    steps = math.ceil(per_epoch / batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=1e-4)
+    # one-cycle needs more than 5 steps at pct_start 0.2; a tiny run of fewer ends before its schedule does
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config["lr"], total_steps=max(epochs * steps, 6),
+                                                pct_start=0.2)
+    gen = torch.Generator().manual_seed(seed)  # epoch order (and any slices drawn), on the CPU
     aug_gen = torch.Generator(device=dev).manual_seed(seed)  # augmentation, on the device
-    best, history, t0 = None, [], time.perf_counter()
+    order = order or (lambda g: torch.randperm(len(x), generator=g))
+    val_gt = np.asarray(val.masks)
+    best, state, history, t0 = None, None, [], time.perf_counter()
     for epoch in range(epochs):
         model.train()
-        perm = torch.randperm(len(x), generator=gen).to(dev)
-        total = torch.zeros((), device=dev)
+        perm, total = order(gen).to(dev), torch.zeros((), device=dev)
         for s in tqdm(range(steps), desc=f"U-Net epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
             idx = perm[s * batch_size:(s + 1) * batch_size]
-            xb, yb = augment_batch(x[idx].float() / 255, aug_gen, y[idx].float()[:, None])
+            xb, yb = augment_batch(x[idx].float() / 255, aug_gen, y[idx].float())
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):  # as the classifiers
                 logits = model(norm(xb).contiguous(memory_format=layout))
-            loss = segmentation_loss(logits.float(), yb[:, 0])
+            loss = segmentation_loss(logits.float(), yb[:, 0], yb[:, 1] if yb.shape[1] > 1 else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += loss.detach() * len(idx)  # summed on the device: no sync per step
-        total = total.item()
-        vd = mean_dice(predict_masks(model, norm, val.images), np.asarray(val.masks))
-        history.append({"epoch": epoch + 1, "train_loss": total / len(x), "val_mean_dice": vd,
+        train_loss = total.item() / len(perm)
+        vd = mean_dice(predict_masks(model, norm, val.images), val_gt)
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mean_dice": vd,
                         "seconds": time.perf_counter() - t0})
         if progress:
-            print(f"U-Net epoch {epoch + 1}/{epochs}: loss {total / len(x):.3f}, val mean-Dice {vd:.3f}")
+            print(f"U-Net epoch {epoch + 1}/{epochs}: loss {train_loss:.3f}, val mean-Dice {vd:.3f}")
         if best is None or vd > best["val_mean_dice"]:
             best = dict(history[-1])
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(state)
     ckpt = {"config": config, "model": state, "norm_mean": mean, "norm_std": std, "best": best,
             "history": history, "versions": versions()}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_torch(path, ckpt)
     return model.eval(), norm, ckpt
+
+
+def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 10, batch_size: int = 16,
+               lr: float = 3e-3, width: int = 16, seed: int = 0, device: str = "auto", split_hash: str = "",
+               progress: bool = True, resume: bool = True) -> tuple[nn.Module, Normalise, dict]:
+    """Train (or, with ``resume``, reload a ``best.pt`` made with the same settings from the same pixels) the U-Net."""
+    dev = resolve_device(device)
+    bf16 = train_bf16(dev)
+    config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
+              "precision": precision_name(bf16), "layout": layout_name(training_layout(dev, bf16)),
+              "image_size": int(train.images.shape[1]), "split_hash": split_hash,
+              "data_sha256": arrays_digest(train.images, train.masks, val.images, val.masks)}
+    path = Path(out_dir) / "best.pt"
+    done = resume and resumed(path, config, "U-Net checkpoint", lambda p: load_unet(p, dev))
+    if done:
+        return done
+    masks = torch.from_numpy(np.ascontiguousarray(train.masks))[:, None]
+    return fit_unet(train.images, masks, val, path, config, dev, progress=progress)
