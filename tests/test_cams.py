@@ -220,6 +220,27 @@ def test_principal_directions_orient_as_the_full_svd(shape):
         assert np.dot(v[k], ref) > 1 - 1e-4, k  # same direction and the same sign
 
 
+def test_principal_directions_use_one_blas_thread_and_give_the_others_back():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen = []
+    real_qr = np.linalg.qr
+
+    def qr(*a, **k):  # records numpy's BLAS threads while the factorisation runs
+        seen.append({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+        return real_qr(*a, **k)
+
+    with threadpool_limits(2, user_api="blas"):
+        before = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+        np.linalg.qr = qr
+        try:
+            gradient_free.principal_directions(torch.rand(3, 200, 8))
+        finally:
+            np.linalg.qr = real_qr
+        assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == before
+    assert seen == [{1}]
+
+
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_eigencam_orients_as_the_library_on_rank_deficient_activations(layout):
     """A dead channel leaves each image's centred activations rank-deficient, and their orientation
