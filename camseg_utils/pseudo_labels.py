@@ -37,10 +37,10 @@ import torch
 import torch.nn as nn
 
 from .data import Dataset
-from .device import precision_name, resolve_device, train_bf16
+from .device import resolve_device
 from .io import arrays_digest, load_torch
 from .train import Normalise
-from .unet import UNet, fit_unet, layout_name, logit_maps, resumed, training_layout
+from .unet import UNet, fit_unet, logit_maps, resumed, training_config
 
 CLASSIFIER_GATE = 0.5  # a slice the classifier calls tumour-free (probability below this) gets an empty target
 RETRAIN_HINT = "; re-create it with: python -m camseg_utils.pipeline --preset NAME --from 07_pseudo_labels"
@@ -197,9 +197,7 @@ def train_on_targets(images: np.ndarray, targets: Targets, val: Dataset, out_dir
     if not 0 < empty_share <= 1:
         raise PseudoLabelError(f"empty_share={empty_share!r}: expected a share in (0, 1]")
     dev = resolve_device(device)
-    bf16 = train_bf16(dev)
-    config = {"epochs": int(epochs), "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
-              "precision": precision_name(bf16), "layout": layout_name(training_layout(dev, bf16)),
+    config = {**training_config(dev, epochs, batch_size, lr, width, seed),
               "empty_share": float(empty_share), "image_size": int(images.shape[1]),
               "data_sha256": arrays_digest(images, targets.mask, targets.ignore, val.images, val.masks)}
     path = Path(out_dir) / "best.pt"

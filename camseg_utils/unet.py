@@ -142,6 +142,13 @@ def memory_layout(name: str) -> torch.memory_format:
     return torch.channels_last if name == "channels_last" else torch.contiguous_format
 
 
+def training_config(dev: torch.device, epochs: int, batch_size: int, lr: float, width: int, seed: int) -> dict:
+    """The settings every U-Net checkpoint records (05's and 07's add what identifies their data)."""
+    bf16 = train_bf16(dev)
+    return {"epochs": int(epochs), "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
+            "precision": precision_name(bf16), "layout": layout_name(training_layout(dev, bf16))}
+
+
 def resumed(path: Path, config: dict, what: str, load) -> tuple[nn.Module, Normalise, dict] | None:
     """``load(path)`` where ``path`` holds a network trained with exactly ``config``, else None (an unreadable
     file is a cache to recompute, with a warning; one made with other settings or data is trained afresh)."""
@@ -221,9 +228,7 @@ def train_unet(train: Dataset, val: Dataset, out_dir: str | Path, epochs: int = 
                progress: bool = True, resume: bool = True) -> tuple[nn.Module, Normalise, dict]:
     """Train (or, with ``resume``, reload a ``best.pt`` made with the same settings from the same pixels) the U-Net."""
     dev = resolve_device(device)
-    bf16 = train_bf16(dev)
-    config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "seed": seed,
-              "precision": precision_name(bf16), "layout": layout_name(training_layout(dev, bf16)),
+    config = {**training_config(dev, epochs, batch_size, lr, width, seed),
               "image_size": int(train.images.shape[1]), "split_hash": split_hash,
               "data_sha256": arrays_digest(train.images, train.masks, val.images, val.masks)}
     path = Path(out_dir) / "best.pt"
