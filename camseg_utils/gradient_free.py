@@ -65,7 +65,7 @@ def _blas() -> ThreadpoolController:
 
     They are many small ones (one per image), each a long series of level-2 BLAS calls too small to
     share: OpenBLAS 0.3.31 (numpy 2.4's wheels) took 6.8 s on 2 threads against 0.08 s on one for 32
-    QR factorisations of 4096 x 32 on a 2-core Intel Xeon, which made EigenCAM the bulk of 03.
+    QR factorisations of 4096 x 32 on 2 cores of an AMD EPYC, which made EigenCAM the bulk of 03.
     """
     return ThreadpoolController()
 

@@ -38,9 +38,9 @@ import torch.nn as nn
 
 from .data import Dataset
 from .device import resolve_device
-from .io import arrays_digest, load_torch
+from .io import arrays_digest
 from .train import Normalise
-from .unet import UNet, fit_unet, logit_maps, resumed, training_config
+from .unet import fit_unet, load_unet, logit_maps, resumed, training_config
 
 CLASSIFIER_GATE = 0.5  # a slice the classifier calls tumour-free (probability below this) gets an empty target
 RETRAIN_HINT = "; re-create it with: python -m camseg_utils.pipeline --preset NAME --from 07_pseudo_labels"
@@ -137,10 +137,7 @@ def probability_maps(model: nn.Module, norm: Normalise, images: np.ndarray, batc
 
 def load_network(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Normalise, dict]:
     """A U-Net trained on pseudo-masks, from its ``best.pt``: (model in eval mode, normalisation, checkpoint)."""
-    ckpt = load_torch(path, "pseudo-label U-Net checkpoint", RETRAIN_HINT)
-    model = UNet(ckpt["config"]["width"]).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), Normalise(ckpt["norm_mean"], ckpt["norm_std"]).to(device), ckpt
+    return load_unet(path, device, "pseudo-label U-Net checkpoint", RETRAIN_HINT)
 
 
 class MeanProbability(nn.Module):
@@ -208,12 +205,11 @@ def train_on_targets(images: np.ndarray, targets: Targets, val: Dataset, out_dir
     has, empty = torch.from_numpy(np.flatnonzero(marked)), torch.from_numpy(np.flatnonzero(~marked))
     n_empty = len(empty) if empty_share == 1 else int(round(empty_share * len(empty)))
 
-    def order(gen: torch.Generator) -> torch.Tensor:
+    def drawn(gen: torch.Generator) -> torch.Tensor:
         """Every slice with a target, and ``n_empty`` of the empty ones drawn afresh, shuffled."""
-        if n_empty == len(empty):
-            return torch.randperm(len(images), generator=gen)
         pick = torch.cat([has, empty[torch.randperm(len(empty), generator=gen)[:n_empty]]])
         return pick[torch.randperm(len(pick), generator=gen)]
 
     y = torch.from_numpy(np.stack([targets.mask, targets.ignore], 1))
+    order = None if n_empty == len(empty) else drawn  # every slice: fit_unet's own permutation
     return fit_unet(images, y, val, path, config, dev, len(has) + n_empty, order, progress)

@@ -115,10 +115,12 @@ def choose_volume_cleanup(model: nn.Module, norm: Normalise, val: Dataset, fract
     return max(rows, key=lambda r: r[select_by]), rows  # max keeps the first of equals
 
 
-def load_unet(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Normalise, dict]:
-    """A trained U-Net from its ``best.pt``: (model in eval mode, normalisation, checkpoint)."""
-    ckpt = load_torch(path, "U-Net checkpoint", "; re-create it with: python -m camseg_utils.pipeline --preset NAME "
-                                                "--from 05_dice")
+def load_unet(path: str | Path, device: str | torch.device = "cpu", what: str = "U-Net checkpoint",
+              hint: str = "; re-create it with: python -m camseg_utils.pipeline --preset NAME --from 05_dice",
+              ) -> tuple[nn.Module, Normalise, dict]:
+    """A trained U-Net (05's, or 07's with its own ``what`` and ``hint`` for errors) from its ``best.pt``:
+    (model in eval mode, normalisation, checkpoint)."""
+    ckpt = load_torch(path, what, hint)
     model = UNet(ckpt["config"]["width"]).to(device)
     model.load_state_dict(ckpt["model"])
     return model.eval(), Normalise(ckpt["norm_mean"], ckpt["norm_std"]).to(device), ckpt
