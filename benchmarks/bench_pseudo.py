@@ -38,11 +38,17 @@ ap.add_argument("--rounds", type=int, default=0)
 ap.add_argument("--empty-share", type=float, default=0.5)
 ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU numbers depend on it)")
 ap.add_argument("--ensemble", type=int, default=1, help="networks averaged on the best targets (07's ensemble)")
+ap.add_argument("--gate", type=float, default=0.0, help="classifier gate on tumour-labelled slices (0: the label alone)")
+ap.add_argument("--redraw-levels", nargs="*", type=float, default=[], help="intensity re-draw levels tried on validation")
+ap.add_argument("--redraw-radii", nargs="+", type=int, default=[8], help="intensity re-draw radii (px)")
+ap.add_argument("--redraw-outputs", action="store_true", help="also try the re-draws on the networks' masks")
 ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="U-Net training seeds, each a whole 07 choice")
 ap.add_argument("--out", default=None, help="folder for the networks (kept; a rerun reuses them)")
 args = ap.parse_args()
 
-grid = pseudo_study.PseudoGrid(args.bands, args.rounds, args.epochs, args.empty_share, ensemble=args.ensemble)
+grid = pseudo_study.PseudoGrid(args.bands, args.rounds, args.epochs, args.empty_share, ensemble=args.ensemble,
+                               gate=args.gate, redraw_levels=args.redraw_levels, redraw_radii=args.redraw_radii,
+                               redraw_outputs=args.redraw_outputs)
 scores = []
 for seed in args.seeds:
     with tempfile.TemporaryDirectory() as tmp, pinned_threads(args.threads):
@@ -54,11 +60,16 @@ for seed in args.seeds:
         history = load_torch(cam.chosen["network"], "pseudo-label U-Net checkpoint")["history"]
     print(f"run {args.run}; knobs: bands {args.bands}, rounds {args.rounds}, epochs {args.epochs}, empty share "
           f"{args.empty_share}, ensemble {args.ensemble}; seed {seed}; {args.threads} torch thread(s), CPU; {seconds:.0f} s")
-    print(f"pseudo-masks from {pseudo_study.source_name(cam.setting)}")
+    print(f"pseudo-masks from {pseudo_study.source_name(cam.setting)}; classifier gate {args.gate:g}; re-draw "
+          f"level {cam.redraw['redraw_level']:g}, radius {cam.redraw['redraw_radius']} px (0: none)")
+    for row in cam.redraw_rows:
+        print(f"  re-draw level {row['redraw_level']:g} radius {row['redraw_radius']}: CAM masks' val mean-Dice "
+              f"{row['val_mean_dice']:.3f}, val patient Dice {row['val_patient_dice']:.3f}")
     for row in cam.rows:
         print(f"  band {row['band']:g} round {row['round']}, {row['networks']} network(s): best epoch "
               f"{row['best_epoch']}, val mean-Dice "
-              f"{row['val_mean_dice']:.3f}, val patient Dice {row['val_patient_dice']:.3f}")
+              f"{row['val_mean_dice']:.3f}, val patient Dice {row['val_patient_dice']:.3f}, 3-D clean-up "
+              f"{row['volume_cleanup']:g}{pseudo_study.redraw_text(row, 'output_')}")
     print("  chosen network's val mean-Dice per epoch: " + " ".join(f"{h['val_mean_dice']:.3f}" for h in history))
     print(pseudo_study.results_table(study).to_string(index=False))
     scores.append({k: cam.unet.scores[k] for k in ("mean_dice", "patient_dice", "fp_area")})

@@ -156,7 +156,9 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
     named = {"cam": cam_masks, "unet": unet_masks}
     if weak:
         wnet, wnorm, _ = pseudo_labels.load_networks([run_dir / m["network"] for m in weak["members"]], dev)
-        named["pseudo"] = unet.predict_volumes(wnet, wnorm, ds, float(weak["volume_cleanup"]), batch_size)
+        named["pseudo"] = pseudo_labels.network_masks(wnet, wnorm, ds, float(weak["volume_cleanup"]),
+                                                      float(weak.get("output_redraw_level") or 0),
+                                                      int(weak.get("output_redraw_radius") or 0), heads, batch_size)
 
     # outputs: masks as PNG beside an index of what was read (paths only, no copies of the images)
     rows = []
@@ -183,7 +185,9 @@ def evaluate(run_dir: str | Path, data_root: str | Path, out_dir: str | Path | N
                                                                       "guided_eps", "guide_channel") if k in best},
               "unet_volume_cleanup": unet_cleanup, "skipped": ds.skipped,
               **({"pseudo_network": weak["network"], "pseudo_networks": [m["network"] for m in weak["members"]],
-                  "pseudo_volume_cleanup": float(weak["volume_cleanup"])} if weak else {}),
+                  "pseudo_volume_cleanup": float(weak["volume_cleanup"]),
+                  "pseudo_output_redraw_level": float(weak.get("output_redraw_level") or 0),
+                  "pseudo_output_redraw_radius": int(weak.get("output_redraw_radius") or 0)} if weak else {}),
               "notes": {str(k): int(v) for k, v in m["notes"][m["notes"] != ""].value_counts().items()},
               "classifier_sha256": classifier_sha256, "provenance": provenance(data={
                   "data": data_fingerprint(data_root)})}

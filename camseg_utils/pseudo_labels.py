@@ -5,9 +5,17 @@ label (tumour or not) and the classifier's heatmap and call. :class:`Targets` ho
 pixels and the pixels the loss ignores; :func:`train_on_targets` trains 05's U-Net on them.
 
 Our design decisions (not the paper's):
-- a slice labelled tumour-free, or called tumour-free by the classifier, gets an empty target
-  with nothing ignored (:func:`kept_slices`): the label is known, and a missed tumour has no
-  heatmap worth learning from;
+- a slice labelled tumour-free gets an empty target with nothing ignored (:func:`kept_slices`): the
+  label is known. A slice labelled tumour keeps its heatmap's mask whatever the classifier calls it
+  by default (``gate`` 0): an empty target there would teach the network that a known tumour is
+  background (on ``lgg_cpu``'s training split the classifier misses about one tumour slice in six);
+  a ``gate`` above 0 empties the slices it calls tumour-free, as before;
+- the intensity re-draw (:func:`redraw`): a heatmap's mask is coarse, and on the tumour-bright
+  channel (FLAIR for LGG) the tumour stands out from the brain around it. Per slice, the pixels
+  near the mask that are at least ``level`` of the way from the brain's typical brightness to the
+  mask's, and connected to the mask, become the mask. It uses the image and the mask only; the
+  level and reach are chosen on validation (:mod:`.pseudo_study`). The same re-draw may follow the
+  trained network's own masks (:func:`network_masks`), chosen on validation with the 3-D clean-up;
 - the uncertain band (:func:`band_targets`): around a mask's cut ``c`` (the coolest value
   inside it), pixels from ``c (1 - band)`` up to ``c (1 + band)`` are ignored by the loss,
   so the network, not the threshold, decides the tumour's edge; the mask's peak is never ignored;
@@ -35,14 +43,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from scipy import ndimage
 
 from .data import Dataset
 from .device import resolve_device
 from .io import arrays_digest
+from .masks import head_masks
+from .refinement import GUIDE_CHANNEL
 from .train import Normalise
-from .unet import fit_unet, load_unet, logit_maps, resumed, training_config
+from .unet import fit_unet, load_unet, logit_maps, predict_volumes, resumed, training_config
 
-CLASSIFIER_GATE = 0.5  # a slice the classifier calls tumour-free (probability below this) gets an empty target
+REDRAW_SMOOTH = 1.0  # Gaussian sigma (px) of the channel before the re-draw's threshold: one pixel's noise cuts no hole
 RETRAIN_HINT = "; re-create it with: python -m camseg_utils.pipeline --preset NAME --from 07_pseudo_labels"
 
 
@@ -85,13 +96,61 @@ def check_band(band: float) -> float:
     return float(band)
 
 
-def kept_slices(labels: np.ndarray, probs: np.ndarray, gate: float = CLASSIFIER_GATE) -> np.ndarray:
-    """Bool per slice: labelled tumour and called tumour by the classifier (probability >= ``gate``)."""
+def kept_slices(labels: np.ndarray, probs: np.ndarray, gate: float = 0.0) -> np.ndarray:
+    """Bool per slice: labelled tumour, and called tumour by the classifier (probability >= ``gate``;
+    0: the label alone)."""
     labels, probs = np.asarray(labels), np.asarray(probs)
     if labels.shape != probs.shape or labels.ndim != 1:
         raise PseudoLabelError(f"labels {labels.shape} and classifier probabilities {probs.shape}: expected one of "
                                f"each per slice")
+    if not (isinstance(gate, (int, float)) and 0 <= gate <= 1):
+        raise PseudoLabelError(f"gate={gate!r}: expected a probability in [0, 1] (0: the slice label alone)")
     return labels.astype(bool) & (probs >= gate)
+
+
+def check_redraw(level: float, radius: int) -> tuple[float, int]:
+    if not (isinstance(level, (int, float)) and 0 < level <= 1):
+        raise PseudoLabelError(f"redraw level={level!r}: expected a number in (0, 1] (the share of the way from the "
+                               f"brain's brightness to the mask's)")
+    if int(radius) != radius or radius < 1:
+        raise PseudoLabelError(f"redraw radius={radius!r}: expected a whole number of pixels >= 1")
+    return float(level), int(radius)
+
+
+def redraw(masks: np.ndarray, images: np.ndarray, heads: np.ndarray, level: float, radius: int,
+           channel: int = GUIDE_CHANNEL) -> np.ndarray:
+    """Masks (bool N x H x W) re-drawn on one channel of uint8 N x H x W x C ``images`` (``heads``: bool
+    N x H x W, inside the head).
+
+    Per slice with a mask: ``f`` the channel smoothed (``REDRAW_SMOOTH``), ``fg`` its median inside the
+    mask and ``bg`` its median in the head outside it. The new mask is every pixel inside the head, within
+    ``radius`` px of the mask, with ``f >= bg + level (fg - bg)``, in a connected piece that touches the
+    old mask, holes filled. A slice whose mask is no brighter than its surroundings, or whose re-draw
+    is empty, keeps its mask; a slice without a mask stays empty."""
+    level, radius = check_redraw(level, radius)
+    masks, heads = np.asarray(masks, bool), np.asarray(heads, bool)
+    images = np.asarray(images)
+    if masks.ndim != 3 or masks.shape != heads.shape or images.shape[:3] != masks.shape:
+        raise PseudoLabelError(f"redraw: masks {masks.shape}, heads {heads.shape} and images {images.shape}: expected "
+                               f"N x H x W, N x H x W and N x H x W x C")
+    out = masks.copy()
+    reach = ndimage.generate_binary_structure(2, 1)
+    for i in np.flatnonzero(masks.any((1, 2))):
+        m, head = masks[i], heads[i]
+        rest = head & ~m
+        if not rest.any():
+            continue
+        f = ndimage.gaussian_filter(images[i, ..., channel].astype(np.float32), REDRAW_SMOOTH)
+        fg, bg = np.median(f[m]), np.median(f[rest])
+        if fg <= bg:
+            continue
+        near = ndimage.binary_dilation(m, reach, iterations=radius)
+        pieces, _ = ndimage.label(near & head & (f >= bg + level * (fg - bg)))
+        touching = np.unique(pieces[m])
+        new = ndimage.binary_fill_holes(np.isin(pieces, touching[touching > 0]))
+        if new.any():
+            out[i] = new
+    return out
 
 
 def band_targets(values: np.ndarray, masks: np.ndarray, keep: np.ndarray, band: float,
@@ -128,6 +187,18 @@ def self_training_targets(prob_maps: np.ndarray, keep: np.ndarray, band: float) 
     on the kept slices, the part below 0.5 (1 + ``band``) ignored, its background kept."""
     prob_maps = np.asarray(prob_maps, np.float32)
     return band_targets(prob_maps, prob_maps >= 0.5, keep, band, cut=0.5, below=False)
+
+
+def network_masks(model: nn.Module, norm: Normalise, part: Dataset, volume_cleanup: float = 0.0,
+                  level: float = 0.0, radius: int = 0, heads: np.ndarray | None = None,
+                  batch_size: int = 32) -> np.ndarray:
+    """A network's masks of a split as 07 chose to post-process them: the 3-D clean-up
+    (:func:`.unet.predict_volumes`), then the intensity re-draw at ``level`` within ``radius`` px
+    (level 0: none); ``heads`` default to :func:`.masks.head_masks` of the split's images."""
+    masks = predict_volumes(model, norm, part, volume_cleanup, batch_size)
+    if not level:
+        return masks
+    return redraw(masks, part.images, head_masks(part.images) if heads is None else heads, level, radius)
 
 
 def probability_maps(model: nn.Module, norm: Normalise, images: np.ndarray, batch_size: int = 32) -> np.ndarray:

@@ -181,9 +181,13 @@ def pseudo_table(m: dict, run_dir: Path) -> str:
 
     def net(r: dict) -> str:
         n = int(r.get("networks") or 1)
-        return (f"band {float(r['band']):g}, round {int(r['round'])}, "
+        redraw = (f"re-drawn at level {float(r['redraw_level']):g} within {int(r['redraw_radius'])} px, "
+                  if r.get("redraw_level") else "")  # runs before the re-draw have none
+        out = (f", its masks re-drawn at level {float(r['output_redraw_level']):g} within "
+               f"{int(r['output_redraw_radius'])} px" if r.get("output_redraw_level") else "")
+        return (redraw + f"band {float(r['band']):g}, round {int(r['round'])}, "
                 + (f"mean of {n} networks, " if n > 1 else f"epoch {int(r['best_epoch'])}, ")
-                + _volume_cleanup(r.get("volume_cleanup")))
+                + _volume_cleanup(r.get("volume_cleanup")) + out)
 
     cam, unet = m["cam"], m["unet"]
     entries = [("U-Net on CAM pseudo-masks (weakly supervised)", m["pseudo"]["source"], m["pseudo"], net(m["pseudo"])),

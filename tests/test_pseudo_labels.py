@@ -20,6 +20,7 @@ from camseg_utils.pseudo_labels import (
     load_network,
     load_networks,
     probability_maps,
+    redraw,
     self_training_targets,
 )
 from camseg_utils.train import Normalise
@@ -67,11 +68,59 @@ def test_self_training_targets_ignore_the_unsure_part_of_the_networks_mask():
     assert self_training_targets(probs, np.ones(4, bool), 0.0).mask[0, 0].tolist() == [F_, F_, T, T, T]
 
 
-def test_kept_slices_need_the_label_and_the_classifiers_call():
-    keep = kept_slices(np.array([T, T, F_, F_]), np.array([0.9, 0.2, 0.9, 0.1]))
-    assert keep.tolist() == [T, F_, F_, F_]
+def test_kept_slices_need_the_label_and_with_a_gate_the_classifiers_call():
+    labels, probs = np.array([T, T, F_, F_]), np.array([0.9, 0.2, 0.9, 0.1])
+    assert kept_slices(labels, probs).tolist() == [T, T, F_, F_]  # the label alone
+    assert kept_slices(labels, probs, 0.5).tolist() == [T, F_, F_, F_]
     with pytest.raises(PseudoLabelError, match="one of each per slice"):
         kept_slices(np.array([T, F_]), np.array([0.9]))
+    with pytest.raises(PseudoLabelError, match=r"gate=1\.5: expected a probability"):
+        kept_slices(labels, probs, 1.5)
+
+
+# ------------------------------------------------------------------ the intensity re-draw
+
+
+def _slice(flair: np.ndarray) -> np.ndarray:
+    """A uint8 H x W x 3 image whose FLAIR channel (1) is ``flair`` and whose other channels are dark."""
+    img = np.zeros(flair.shape + (3,), np.uint8)
+    img[..., 1] = flair
+    return img
+
+
+def test_redraw_grows_the_mask_over_the_bright_region_it_touches_and_no_further():
+    yy, xx = np.mgrid[:48, :48]
+    head = (yy - 24) ** 2 + (xx - 24) ** 2 < 22 ** 2
+    tumour = (yy - 20) ** 2 + (xx - 20) ** 2 < 7 ** 2
+    other = (yy - 34) ** 2 + (xx - 34) ** 2 < 3 ** 2  # bright too, but apart from the mask
+    flair = np.where(head, 80, 0) + np.where(tumour | other, 120, 0)
+    mask = (abs(yy - 20) <= 2) & (abs(xx - 20) <= 2)  # a coarse heatmap mask inside the tumour
+    images = np.stack([_slice(flair)] * 3)
+    masks = np.stack([mask, mask, np.zeros_like(mask)])
+    heads = np.stack([head] * 3)
+    out = redraw(masks, images, heads, 0.5, 8)
+    assert out[0].sum() > 3 * mask.sum() and not (out[0] & other).any() and (out[0] <= head).all()
+    assert (out[0] ^ tumour).sum() < 0.1 * tumour.sum()  # the tumour's outline, to a pixel's smoothing
+    assert out[2].sum() == 0  # no mask: nothing to re-draw
+    assert redraw(masks, images, heads, 0.5, 1)[0].sum() < out[0].sum()  # the radius bounds the reach
+    dark = np.stack([_slice(np.where(head, 80, 0) - np.where(tumour, 40, 0))] * 3)
+    assert (redraw(masks, dark, heads, 0.5, 8) == masks).all()  # no brighter than the head: kept as it was
+
+
+def test_bad_redraws_are_named():
+    z = np.zeros((1, 8, 8), bool)
+    with pytest.raises(PseudoLabelError, match=r"redraw level=0: expected a number in \(0, 1\]"):
+        redraw(z, np.zeros((1, 8, 8, 3), np.uint8), z, 0, 4)
+    with pytest.raises(PseudoLabelError, match="redraw radius=0"):
+        redraw(z, np.zeros((1, 8, 8, 3), np.uint8), z, 0.5, 0)
+    with pytest.raises(PseudoLabelError, match="expected N x H x W, N x H x W and N x H x W x C"):
+        redraw(z, np.zeros((1, 4, 4, 3), np.uint8), z, 0.5, 4)
+    with pytest.raises(PseudoLabelError, match=r"redraw level=1\.5"):
+        pseudo_study.PseudoGrid(redraw_levels=[1.5])
+    with pytest.raises(PseudoLabelError, match="redraw_radii is empty"):
+        pseudo_study.PseudoGrid(redraw_levels=[0.5], redraw_radii=[])
+    with pytest.raises(PseudoLabelError, match=r"gate=-0\.1"):
+        pseudo_study.PseudoGrid(gate=-0.1)
 
 
 def test_bad_targets_and_bands_are_named():
@@ -148,7 +197,8 @@ def test_training_masks_are_never_read(smoke_run, tmp_path):
     masks = ds.masks.copy()
     masks[train] = ~masks[train]  # every drawn training mask inverted; labels, images and other splits kept
     data.save_dataset(data.Dataset(ds.images, masks, ds.manifest), bad / "data")
-    grid = pseudo_study.PseudoGrid(bands=[0.3], rounds=1, epochs=1, empty_share=0.1)  # few empty slices: fast
+    grid = pseudo_study.PseudoGrid(bands=[0.3], rounds=1, epochs=1, empty_share=0.1,  # few empty slices: fast
+                                   redraw_levels=[0.5], redraw_radii=[4])
     elsewhere = tmp_path / "networks"  # the bad run's networks outside its folder (benchmarks/bench_pseudo.py)
     runs = [pseudo_study.study_pseudo(r, grid, control=False, device="cpu", n_boot=20, resume=False, progress=False,
                                       models_dir=d) for r, d in ((clean, None), (bad, elsewhere))]
@@ -163,6 +213,7 @@ def test_training_masks_are_never_read(smoke_run, tmp_path):
         assert ca["config"] == cb["config"]  # holds the digest of the targets: the same pseudo-masks
         assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])  # the same network
     assert a.unet.scores == b.unet.scores
+    assert len(a.redraw_rows) == 2 and a.redraw_rows == b.redraw_rows  # chosen on validation alone
 
 
 # ------------------------------------------------------------------ several networks as one
