@@ -19,6 +19,7 @@ from camseg_utils.pseudo_labels import (
     kept_slices,
     load_network,
     load_networks,
+    network_masks,
     probability_maps,
     redraw,
     self_training_targets,
@@ -222,7 +223,8 @@ def test_training_masks_are_never_read(smoke_run, tmp_path):
 def test_the_mean_of_networks_is_one_more_candidate_and_the_control_follows_the_choice(smoke_run, tmp_path):
     run_dir, _ = smoke_run
     _minimal_run(run_dir, tmp_path / "run")
-    grid = pseudo_study.PseudoGrid(bands=[0.3], rounds=0, epochs=1, empty_share=0.1, ensemble=2)
+    grid = pseudo_study.PseudoGrid(bands=[0.3], rounds=0, epochs=1, empty_share=0.1, ensemble=2,
+                                   redraw_levels=[0.5], redraw_radii=[4], redraw_outputs=True)
     study = pseudo_study.study_pseudo(tmp_path / "run", grid, device="cpu", n_boot=20, resume=False, progress=False,
                                       seed=4)
     cam = study.sources["cam"]
@@ -244,6 +246,17 @@ def test_the_mean_of_networks_is_one_more_candidate_and_the_control_follows_the_
     p = record["pseudo"]
     assert p["networks"] == len(p["members"]) == cam.chosen["networks"] and record["grid"]["ensemble"] == 2
     assert p["members"][0]["network"] == p["network"] and p["members"][0]["network_sha256"] == p["network_sha256"]
+    # post-processing: every 3-D clean-up with and without the re-draw, the best on validation; the test masks
+    # are what network_masks (and so evaluate) draws with the chosen values
+    rows = cam.unet.val_rows
+    assert len(rows) == 2 * len(study.grid.volume_cleanups)
+    assert {(r["output_redraw_level"], r["output_redraw_radius"]) for r in rows} == {(0.0, 0), (0.5, 4)}
+    assert cam.unet.chosen is max(rows, key=lambda r: r["mean_dice"])
+    c = cam.unet.chosen
+    again = network_masks(both, norm, study.test.part, c["volume_cleanup"], c["output_redraw_level"],
+                          c["output_redraw_radius"])
+    assert (again == cam.unet.masks).all()
+    assert all(p[k] == c[k] for k in pseudo_study.POSTPROCESSING)
 
 
 def test_networks_trained_on_other_images_are_not_averaged():
