@@ -34,6 +34,27 @@ def test_fast_path_reproduces_the_library(arch, layers, fuse):
         assert h_fast.min() >= 0 and h_fast.max() <= 1 + 1e-6
 
 
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet18"])
+def test_one_pass_on_channels_last_activations_is_the_library(arch):
+    """The heatmap cache runs the model channels-last, and a global-pooling head then hands the last
+    block its gradient in the default layout: every gradient method at the three study layers, from
+    one pass, must still be the library's."""
+    m, net = _net(arch)
+    m.to(memory_format=torch.channels_last)
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=torch.channels_last)
+    names = [models.resolve_layer(arch, n) for n in ("early", "middle", "last")]
+    modules = {n: models.get_layer(m, arch, n) for n in names}
+    acts, grads, _ = cams.activations_and_gradients(net, [modules[names[-1]]], x)
+    assert acts[0].is_contiguous(memory_format=torch.channels_last)
+    assert not grads[0].is_contiguous(memory_format=torch.channels_last)  # the case this test is for
+    maps, _ = cams.many_cams(net, modules, x, [(mth, (n,), "mean") for mth in cams.FAST_METHODS for n in names])
+    assert len(maps) == 15
+    for (mth, (name,), _), (heat, raw) in maps.items():
+        h_lib, r_lib = cam_library.library_cams(net, [modules[name]], x, mth)
+        assert np.abs(heat.numpy() - h_lib).max() <= 1e-4, (mth, name)
+        assert np.abs(raw.numpy() - r_lib).max() <= 1e-3 * max(1e-12, np.abs(r_lib).max()), (mth, name)
+
+
 @pytest.mark.parametrize("src,dst", [((16, 16), (128, 128)), ((7, 5), (64, 48)), ((40, 30), (25, 61)), ((8, 8), (8, 8)),
                                      ((64, 64), (128, 128)), ((32, 32), (128, 128)), ((16, 12), (128, 128))])
 def test_separable_resize_is_torch_bilinear(src, dst):
