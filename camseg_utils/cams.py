@@ -152,8 +152,9 @@ def _cams_from(methods: Sequence[str], a: torch.Tensor, g: torch.Tensor) -> torc
     (GradCAM++ at the small CNN's early block took several times as long). The gradient is
     brought to the activations' layout first: a global-pooling head hands the last block a
     gradient in the default layout whatever the activations' layout. The weighted sums are
-    taken as weights x activations^T, not activations x weights: with a few weights per image
-    that order ran 1.5 to 4 times faster (``bench_cams.py``'s layers on a 2-core CPU).
+    taken as weights x activations^T, not activations x weights: with one to three weights per
+    image that order ran 1.3 to 4.6 times faster at the shapes of ``bench_cams.py``'s study layers
+    on a 2-core CPU (docs/experiments.md).
     """
     need = set(methods)
     unknown = need - set(FAST_METHODS)
@@ -164,7 +165,7 @@ def _cams_from(methods: Sequence[str], a: torch.Tensor, g: torch.Tensor) -> torc
         g = g.contiguous(memory_format=torch.channels_last)
     a_chw = a.flatten(2)  # N x C x hw, a view in either layout
     a, g = a.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1)
-    n, h, w, c = a.shape
+    n, h, w = a.shape[:3]
     out: dict[str, torch.Tensor] = {}
     weights: dict[str, torch.Tensor] = {}
     if need & {"hirescam", "xgradcam"}:
